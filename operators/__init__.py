@@ -1,0 +1,72 @@
+"""Physics operators for invsolve: every operator is a ``deepinv.physics.Physics``.
+
+``make(name, **params)`` builds an operator or a named benchmark preset, ``names()``
+lists them. Third-party packages add operators through the entry-point group
+``invsolve.operators``: each entry point names a callable ``factory(**params) -> Physics``
+and is listed by ``names()`` under the entry point's name.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from deepinv.physics import Physics
+
+ENTRY_POINT_GROUP = "invsolve.operators"
+
+_REGISTRY: dict[str, Callable[..., Physics]] = {}
+_DOCS: dict[str, str] = {}
+
+
+def register(name: str, factory: Callable[..., Physics], doc: str = "", overwrite: bool = False) -> None:
+    """Register ``factory(**params) -> Physics`` under ``name``."""
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"operator {name!r} is already registered; pass overwrite=True to replace it")
+    _REGISTRY[name] = factory
+    _DOCS[name] = doc or (factory.__doc__ or "").strip().split("\n")[0]
+
+
+def _load_entry_points() -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _REGISTRY:
+            _REGISTRY[ep.name] = ep.load()
+            _DOCS[ep.name] = f"plug-in from {ep.value}"
+
+
+def names() -> list[str]:
+    """Names of every registered operator and preset, plug-ins included."""
+    _load_entry_points()
+    return sorted(_REGISTRY)
+
+
+def describe(name: str) -> str:
+    _load_entry_points()
+    return _DOCS.get(name, "")
+
+
+def make(name: str, **params) -> Physics:
+    """Build the operator or preset ``name`` with ``params`` (see ``docs/operators.md``)."""
+    _load_entry_points()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown operator {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**params)
+
+
+def _ct(**params):
+    from .ct import ParallelBeamCT
+
+    return ParallelBeamCT(**params)
+
+
+def _ct_sparse8(img_size=64, **params):
+    from .ct import ParallelBeamCT
+
+    if "views" in params:
+        raise TypeError("ct-sparse8 fixes views=8; use make('ct', views=...) for another number of views")
+    return ParallelBeamCT(img_size=img_size, views=8, **params)
+
+
+register("ct", _ct, "2D parallel-beam CT (torch, matched adjoint, FBP pseudo-inverse); img_size, views, n_detectors")
+register("ct-sparse8", _ct_sparse8, "sparse-view CT preset: 8 views uniform over [0, 180) degrees, detector = image diagonal")
