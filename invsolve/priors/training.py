@@ -111,7 +111,9 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
     _atomic_write_text(config_json, config_path)
 
     sample, data_info = data_source(config)
-    net = UNet(in_channels=1, channels=config.channels, attention=config.attention)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
+        torch.manual_seed(config.seed)
+        net = UNet(in_channels=1, channels=config.channels, attention=config.attention)
     denoiser = EDMDenoiser(net, config.sigma_data)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)

@@ -1,0 +1,85 @@
+import pytest
+import torch
+from deepinv.physics import Physics
+
+import invsolve as iv
+import operators as ops
+from invsolve.exactness import exactness_report
+from invsolve.priors import Prior, PriorCard
+from invsolve.priors.adapters import EDMDenoiser
+from invsolve.priors.unet import UNet
+
+from helpers import linear_problems, measure, mixture
+
+
+@pytest.mark.parametrize("sigma_y", [0.01, 0.1])
+@pytest.mark.parametrize("name", ["inpainting", "gaussian"])
+def test_dps_defaults_approach_exact_posterior(name, sigma_y):
+    gm = mixture()
+    problem = measure(gm, linear_problems()[name], sigma_y)
+    report = exactness_report("dps", gm, problem, n=1000)
+    print(f"\nDPS exactness {name} sigma_y={sigma_y}: {report}")
+    assert report["ratio"] <= 0.25
+    assert report["mean_error"] <= 0.25 * report["prior_mean_error"]
+
+
+def test_batched_draws_equal_single_draws_with_same_generators():
+    gm = mixture()
+    problem = measure(gm, linear_problems()["gaussian"], 0.1)
+    gens = lambda: [torch.Generator().manual_seed(10 + j) for j in range(3)]  # noqa: E731
+    together = iv.sample("dps", gm, problem, n_samples=3, generator=gens(), steps=50)
+    alone = [iv.sample("dps", gm, problem, n_samples=1, generator=[g], steps=50).samples[0] for g in gens()]
+    torch.testing.assert_close(together.samples, torch.stack(alone), rtol=1e-5, atol=1e-5)
+
+
+def tiny_prior(shape, dims=2):
+    net = UNet(in_channels=shape[0], channels=(8, 16), attention=(), emb_dim=16, dims=dims)
+    torch.nn.init.normal_(net.head.weight, std=0.05)  # random, not the zero init
+    card = PriorCard(name="tiny", kind="diffusion", parameterization="edm", shape=shape, scale=2.0, offset=-1.0,
+                     physical_range=(0.0, 1.0))
+    return Prior(EDMDenoiser(net.eval().requires_grad_(False)), card)
+
+
+@pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])
+def test_dps_smoke_2d_and_3d_ct(shape, dims):
+    prior = tiny_prior(shape, dims)
+    physics = ops.make("ct", img_size=16, views=4)
+    truth = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    problem = iv.Problem(physics, physics.A(truth), sigma_y=0.01, prior=prior)
+    post = iv.sample("dps", prior, problem, n_samples=3, generator=torch.Generator().manual_seed(0), steps=5)
+    assert post.samples.shape == (3, 2, *shape)
+    assert post.mean.shape == truth.shape and post.std.shape == truth.shape
+    assert torch.isfinite(post.samples).all() and post.nfe == 5 and post.seconds > 0
+
+
+def test_dps_guidance_fits_nonlinear_physics():
+    class Tanh(Physics):
+        def A(self, x, **kwargs):
+            return torch.tanh(x)
+
+    gm = mixture(d=8, k=2)
+    truth = gm.sample(1, torch.Generator().manual_seed(0))
+    problem = iv.Problem(Tanh(), torch.tanh(truth), sigma_y=0.01)
+    guided = iv.sample("dps", gm, problem, n_samples=64, generator=torch.Generator().manual_seed(1), steps=200)
+    free = iv.sample("dps", gm, problem, n_samples=64, generator=torch.Generator().manual_seed(1), steps=200, zeta=0.0)
+    res = lambda p: float((torch.tanh(p.samples[:, 0]) - torch.tanh(truth)).norm(dim=-1).mean())  # noqa: E731
+    assert res(guided) < 0.5 * res(free)
+
+
+def test_unknown_sampler_and_hyperparameter_errors():
+    gm = mixture()
+    problem = measure(gm, linear_problems()["gaussian"], 0.1)
+    with pytest.raises(KeyError, match="unknown sampler"):
+        iv.sample("nope", gm, problem)
+    with pytest.raises(TypeError, match="unknown hyperparameters"):
+        iv.sample("dps", gm, problem, zeta_prime=1.0)
+    with pytest.raises(KeyError, match="no preset"):
+        iv.sample("dps", gm, problem, preset="mri")
+    assert "dps" in iv.samplers.names()
+
+
+def test_nan_measurement_is_rejected():
+    physics = ops.make("ct", img_size=16, views=2)
+    y = torch.full((1, 1, 2, physics.n_detectors), float("nan"))
+    with pytest.raises(ValueError, match="NaN"):
+        iv.Problem(physics, y, sigma_y=0.1)

@@ -1,0 +1,79 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import invsolve as iv
+from invsolve.priors.training import TrainConfig, train
+
+TINY = dict(name="tiny-test", size=16, channels=(8, 16), attention=(), batch=4, warmup=2, checkpoint_every=1)
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path):
+    straight = train(TrainConfig(steps=4, **TINY), tmp_path / "a", progress=False)
+    first = train(TrainConfig(steps=2, **TINY), tmp_path / "b", progress=False)
+    assert first is not None
+    resumed = train(TrainConfig(steps=4, **TINY), tmp_path / "b", progress=False)
+    wa, wb = load_file(str(straight / "weights.safetensors")), load_file(str(resumed / "weights.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0)
+    card = json.loads((resumed / "card.json").read_text())
+    assert card["metadata"]["training"]["steps"] == 4
+
+
+def test_run_dir_with_other_configuration_is_refused(tmp_path):
+    train(TrainConfig(steps=1, **TINY), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="different configuration"):
+        train(TrainConfig(steps=2, **{**TINY, "lr": 0.5}), tmp_path / "run", progress=False)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prior")
+    return train(TrainConfig(steps=1, **TINY), folder, progress=False)
+
+
+def test_load_prior_round_trip(exported):
+    prior = iv.load_prior(exported)
+    assert prior.card.name == "tiny-test" and prior.shape == (1, 16, 16)
+    x = torch.randn(2, 1, 16, 16)
+    out = prior(x, 0.5)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    torch.testing.assert_close(prior.to_physical(prior.to_model(x)), x)
+
+
+def _copy(exported, tmp_path):
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for name in ("card.json", "weights.safetensors"):
+        (folder / name).write_bytes((exported / name).read_bytes())
+    return folder
+
+
+def test_missing_and_unexpected_keys_are_listed(exported, tmp_path):
+    folder = _copy(exported, tmp_path)
+    state = load_file(str(folder / "weights.safetensors"))
+    state.pop("stem.weight")
+    state["extra.weight"] = torch.zeros(1)
+    save_file(state, str(folder / "weights.safetensors"))
+    with pytest.raises(ValueError, match=r"missing keys \(1\): stem.weight.*unexpected keys \(1\): extra.weight"):
+        iv.load_prior(folder, verify=False)
+
+
+def test_checksum_mismatch_and_corrupt_file(exported, tmp_path):
+    folder = _copy(exported, tmp_path)
+    data = bytearray((folder / "weights.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (folder / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        iv.load_prior(folder)
+    (folder / "weights.safetensors").write_bytes(bytes(data[:100]))
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        iv.load_prior(folder, verify=False)
+
+
+def test_unknown_prior_name_lists_known():
+    with pytest.raises(FileNotFoundError, match="no prior named"):
+        iv.load_prior("no-such-prior")
