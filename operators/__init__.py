@@ -70,3 +70,26 @@ def _ct_sparse8(img_size=64, **params):
 
 register("ct", _ct, "2D parallel-beam CT (torch, matched adjoint, FBP pseudo-inverse); img_size, views, n_detectors")
 register("ct-sparse8", _ct_sparse8, "sparse-view CT preset: 8 views uniform over [0, 180) degrees, detector = image diagonal")
+
+
+def _mri(**params):
+    from .mri import make_mri
+
+    return make_mri(**params)
+
+
+def _mri_preset(mask_type, acceleration):
+    def factory(img_size=320, **params):
+        from .mri import make_mri
+
+        for fixed in ("mask_type", "acceleration", "mask"):
+            if fixed in params:
+                raise TypeError(f"this preset fixes {fixed}; use make('mri', ...) to choose it")
+        return make_mri(img_size=img_size, mask_type=mask_type, acceleration=acceleration, **params)
+    return factory
+
+
+register("mri", _mri, "Cartesian MRI (deepinv MRI / MultiCoilMRI) with fastMRI masks; img_size, coils, mask_type, acceleration, seed")
+register("mri-4x-equispaced", _mri_preset("equispaced_fraction", 4),
+         "fastMRI brain protocol: equispaced_fraction mask, 4x, centre fraction 0.08")
+register("mri-8x-random", _mri_preset("random", 8), "fastMRI knee protocol: random mask, 8x, centre fraction 0.04")

@@ -42,3 +42,18 @@ def test_equispaced_fraction_samples_one_in_r_columns(acc, cf):
 def test_unknown_mask_type():
     with pytest.raises(ValueError, match="unknown mask type"):
         create_mask_for_mask_type("gaussian", [0.08], [4])
+
+
+@pytest.mark.parametrize("name,coils", [("mri-4x-equispaced", None), ("mri-8x-random", None), ("mri", "maps")])
+def test_mri_operators_contract(name, coils):
+    import operators as ops
+    from operators.testing import assert_operator
+
+    params = {"img_size": (16, 20)}
+    if coils:
+        g = torch.Generator().manual_seed(0)
+        params["coils"] = torch.complex(torch.randn(3, 16, 20, generator=g), torch.randn(3, 16, 20, generator=g))
+    physics = ops.make(name, **params)
+    assert_operator(physics, torch.zeros(2, 2, 16, 20, dtype=torch.float64))
+    mask = physics.mask.reshape(-1, 16, 20)[0]
+    assert torch.equal(mask, mask[:1].expand(16, 20))  # whole columns (phase-encoding lines)
