@@ -93,3 +93,24 @@ register("mri", _mri, "Cartesian MRI (deepinv MRI / MultiCoilMRI) with fastMRI m
 register("mri-4x-equispaced", _mri_preset("equispaced_fraction", 4),
          "fastMRI brain protocol: equispaced_fraction mask, 4x, centre fraction 0.08")
 register("mri-8x-random", _mri_preset("random", 8), "fastMRI knee protocol: random mask, 8x, centre fraction 0.04")
+
+
+def _inpainting(**params):
+    from .inpainting import make_inpainting
+
+    return make_inpainting(**params)
+
+
+def _inpaint_preset(kind):
+    def factory(img_size=256, **params):
+        from .inpainting import make_inpainting
+
+        if "kind" in params:
+            raise TypeError("this preset fixes kind; use make('inpainting', kind=...)")
+        return make_inpainting(img_size=img_size, kind=kind, **params)
+    return factory
+
+
+register("inpainting", _inpainting, "deepinv Inpainting with a centred box or seeded random mask, 2D or 3D")
+register("inpaint-box", _inpaint_preset("box"), "DPS/DAPS box inpainting: centred box of half the size (128 of 256)")
+register("inpaint-random70", _inpaint_preset("random"), "DAPS random inpainting: 70 % of pixels missing, seeded")
