@@ -114,3 +114,22 @@ def _inpaint_preset(kind):
 register("inpainting", _inpainting, "deepinv Inpainting with a centred box or seeded random mask, 2D or 3D")
 register("inpaint-box", _inpaint_preset("box"), "DPS/DAPS box inpainting: centred box of half the size (128 of 256)")
 register("inpaint-random70", _inpaint_preset("random"), "DAPS random inpainting: 70 % of pixels missing, seeded")
+
+
+def _gaussian_blur(**params):
+    from .blur import make_gaussian_blur
+
+    return make_gaussian_blur(**params)
+
+
+def _deblur_gauss61(**params):
+    from .blur import make_gaussian_blur
+
+    for fixed in ("std", "kernel_size"):
+        if fixed in params:
+            raise TypeError(f"deblur-gauss61 fixes {fixed}; use make('gaussian-blur', ...)")
+    return make_gaussian_blur(std=3.0, kernel_size=61 if params.get("dims", 2) == 2 else None, **params)
+
+
+register("gaussian-blur", _gaussian_blur, "Gaussian blur (deepinv Blur), 2D or 3D; std, kernel_size, dims, padding")
+register("deblur-gauss61", _deblur_gauss61, "DPS/DAPS Gaussian deblurring: 61x61 kernel, std 3.0, reflect padding")
