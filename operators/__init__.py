@@ -54,82 +54,36 @@ def make(name: str, **params) -> Physics:
     return _REGISTRY[name](**params)
 
 
-def _ct(**params):
-    from .ct import ParallelBeamCT
+def _builder(module: str, function: str, **fixed) -> Callable[..., Physics]:
+    """A factory importing ``operators.<module>.<function>`` lazily; ``fixed`` parameters are
+    set by the preset and may not be overridden."""
+    def factory(**params):
+        clash = sorted(set(fixed) & set(params))
+        if clash:
+            raise TypeError(f"this preset fixes {clash}; use the base operator to choose them")
+        from importlib import import_module
 
-    return ParallelBeamCT(**params)
-
-
-def _ct_sparse8(img_size=64, **params):
-    from .ct import ParallelBeamCT
-
-    if "views" in params:
-        raise TypeError("ct-sparse8 fixes views=8; use make('ct', views=...) for another number of views")
-    return ParallelBeamCT(img_size=img_size, views=8, **params)
-
-
-register("ct", _ct, "2D parallel-beam CT (torch, matched adjoint, FBP pseudo-inverse); img_size, views, n_detectors")
-register("ct-sparse8", _ct_sparse8, "sparse-view CT preset: 8 views uniform over [0, 180) degrees, detector = image diagonal")
-
-
-def _mri(**params):
-    from .mri import make_mri
-
-    return make_mri(**params)
-
-
-def _mri_preset(mask_type, acceleration):
-    def factory(img_size=320, **params):
-        from .mri import make_mri
-
-        for fixed in ("mask_type", "acceleration", "mask"):
-            if fixed in params:
-                raise TypeError(f"this preset fixes {fixed}; use make('mri', ...) to choose it")
-        return make_mri(img_size=img_size, mask_type=mask_type, acceleration=acceleration, **params)
+        return getattr(import_module(f".{module}", __name__), function)(**params, **fixed)
     return factory
 
 
-register("mri", _mri, "Cartesian MRI (deepinv MRI / MultiCoilMRI) with fastMRI masks; img_size, coils, mask_type, acceleration, seed")
-register("mri-4x-equispaced", _mri_preset("equispaced_fraction", 4),
+register("ct", _builder("ct", "ParallelBeamCT"),
+         "2D parallel-beam CT (torch, matched adjoint, FBP pseudo-inverse); img_size, views, n_detectors")
+register("ct-sparse8", _builder("ct", "ParallelBeamCT", views=8),
+         "sparse-view CT preset: 8 views uniform over [0, 180) degrees, detector = image diagonal")
+register("mri", _builder("mri", "make_mri"),
+         "Cartesian MRI (deepinv MRI / MultiCoilMRI) with fastMRI masks; img_size, coils, mask_type, acceleration, seed")
+register("mri-4x-equispaced", _builder("mri", "make_mri", mask_type="equispaced_fraction", acceleration=4, mask=None),
          "fastMRI brain protocol: equispaced_fraction mask, 4x, centre fraction 0.08")
-register("mri-8x-random", _mri_preset("random", 8), "fastMRI knee protocol: random mask, 8x, centre fraction 0.04")
-
-
-def _inpainting(**params):
-    from .inpainting import make_inpainting
-
-    return make_inpainting(**params)
-
-
-def _inpaint_preset(kind):
-    def factory(img_size=256, **params):
-        from .inpainting import make_inpainting
-
-        if "kind" in params:
-            raise TypeError("this preset fixes kind; use make('inpainting', kind=...)")
-        return make_inpainting(img_size=img_size, kind=kind, **params)
-    return factory
-
-
-register("inpainting", _inpainting, "deepinv Inpainting with a centred box or seeded random mask, 2D or 3D")
-register("inpaint-box", _inpaint_preset("box"), "DPS/DAPS box inpainting: centred box of half the size (128 of 256)")
-register("inpaint-random70", _inpaint_preset("random"), "DAPS random inpainting: 70 % of pixels missing, seeded")
-
-
-def _gaussian_blur(**params):
-    from .blur import make_gaussian_blur
-
-    return make_gaussian_blur(**params)
-
-
-def _deblur_gauss61(**params):
-    from .blur import make_gaussian_blur
-
-    for fixed in ("std", "kernel_size"):
-        if fixed in params:
-            raise TypeError(f"deblur-gauss61 fixes {fixed}; use make('gaussian-blur', ...)")
-    return make_gaussian_blur(std=3.0, kernel_size=61 if params.get("dims", 2) == 2 else None, **params)
-
-
-register("gaussian-blur", _gaussian_blur, "Gaussian blur (deepinv Blur), 2D or 3D; std, kernel_size, dims, padding")
-register("deblur-gauss61", _deblur_gauss61, "DPS/DAPS Gaussian deblurring: 61x61 kernel, std 3.0, reflect padding")
+register("mri-8x-random", _builder("mri", "make_mri", mask_type="random", acceleration=8, mask=None),
+         "fastMRI knee protocol: random mask, 8x, centre fraction 0.04")
+register("inpainting", _builder("inpainting", "make_inpainting"),
+         "deepinv Inpainting with a centred box or seeded random mask, 2D or 3D")
+register("inpaint-box", _builder("inpainting", "make_inpainting", kind="box"),
+         "DPS/DAPS box inpainting: centred box of half the size (128 of 256)")
+register("inpaint-random70", _builder("inpainting", "make_inpainting", kind="random", missing=0.7),
+         "DAPS random inpainting: 70 % of pixels missing, seeded")
+register("gaussian-blur", _builder("blur", "make_gaussian_blur"),
+         "Gaussian blur (deepinv Blur), 2D or 3D; std, kernel_size, dims, padding")
+register("deblur-gauss61", _builder("blur", "make_gaussian_blur", std=3.0, kernel_size=None),
+         "DPS/DAPS Gaussian deblurring: 61x61 kernel (25^3 in 3D), std 3.0, reflect padding")

@@ -20,5 +20,5 @@ def test_box_and_random_fractions():
     rand = ops.make("inpaint-random70", img_size=256, seed=3)
     assert abs(float((rand.mask == 0).float().mean()) - 0.7) < 0.01
     assert torch.equal(rand.mask, ops.make("inpaint-random70", img_size=256, seed=3).mask)
-    with pytest.raises(TypeError, match="fixes kind"):
+    with pytest.raises(TypeError, match="fixes"):
         ops.make("inpaint-box", kind="random")
