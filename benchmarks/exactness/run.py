@@ -27,7 +27,7 @@ import invsolve as iv  # noqa: E402
 from invsolve.exactness import exactness_report  # noqa: E402
 from helpers import linear_problems, measure, mixture  # noqa: E402
 
-STEPS = (50, 200, 1000)
+STEPS = (50, 200, 1000)  # NFE budgets, turned into each sampler's hyperparameters by nfe_overrides
 
 
 def main() -> None:
@@ -43,7 +43,8 @@ def main() -> None:
             for sigma_y in (0.01, 0.1):
                 problem = measure(gm, physics, sigma_y)
                 for steps in STEPS:
-                    r = exactness_report(method, gm, problem, n=args.samples, seed=args.seed, steps=steps)
+                    r = exactness_report(method, gm, problem, n=args.samples, seed=args.seed,
+                                          **iv.samplers.nfe_overrides(method, steps))
                     rows.append({"problem": name, "sigma_y": sigma_y, "steps": steps, **r})
                     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
     out = Path(args.out)

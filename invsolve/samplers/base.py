@@ -84,6 +84,17 @@ def configure(name: str, preset: str | None = None, **overrides):
     return cls(**params)
 
 
+def nfe_overrides(name: str, nfe: int) -> dict:
+    """Hyperparameter overrides giving sampler ``name`` about ``nfe`` denoiser evaluations.
+
+    A sampler whose NFE is not its ``steps`` field defines ``for_nfe(nfe) -> dict``
+    (e.g. DAPS splits the budget into annealing levels x ODE steps).
+    """
+    cls = get(name)
+    for_nfe = getattr(cls, "for_nfe", None)
+    return dict(for_nfe(nfe)) if for_nfe is not None else {"steps": int(nfe)}
+
+
 def sample(name: str, prior, problem, n_samples: int = 1, generator: Generator = None,
            preset: str | None = None, callback: Callable[[dict], None] | None = None, **overrides) -> Posterior:
     """Draw ``n_samples`` posterior samples for every measurement of ``problem``.
