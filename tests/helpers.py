@@ -32,3 +32,35 @@ def measure(gm, physics, sigma_y, seed=5):
     clean = physics.A(x_true)
     y = clean + sigma_y * torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=clean.dtype)
     return iv.Problem(physics, y, sigma_y=sigma_y)
+
+
+def as_kind(gm, parameterization):
+    """The mixture ``gm`` behind a real adapter: ``"ve-score"`` (a VE diffusion prior) or
+    ``"flow-velocity"`` (a rectified-flow prior), so samplers can be checked per prior kind
+    against the same exact posterior."""
+    from invsolve.priors import Prior, PriorCard
+    from invsolve.priors.adapters import make_denoiser
+
+    def col(v, x):
+        return torch.as_tensor(v, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+
+    if parameterization == "ve-score":
+        def net(x, sigma):
+            s = col(sigma, x)
+            return (gm(x, s.reshape(-1)) - x) / s ** 2
+        kind = "diffusion"
+    elif parameterization == "flow-velocity":
+        def net(x_t, t):
+            t = col(t, x_t)
+            s = t / (1 - t)
+            x = x_t * (1 + s)
+            x0 = gm(x, s.reshape(-1))
+            return (x - x0) / s - x0
+        kind = "flow"
+    else:
+        raise ValueError(parameterization)
+    card = PriorCard(name=f"gm-{parameterization}", kind=kind, parameterization=parameterization,
+                     shape=tuple(gm.shape), sigma_min=gm.sigma_min, sigma_max=gm.sigma_max)
+    prior = Prior(make_denoiser(parameterization, net), card)
+    prior.posterior, prior.sample, prior.mean = gm.posterior, gm.sample, gm.mean
+    return prior
