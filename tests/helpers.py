@@ -64,3 +64,16 @@ def as_kind(gm, parameterization):
     prior = Prior(make_denoiser(parameterization, net), card)
     prior.posterior, prior.sample, prior.mean = gm.posterior, gm.sample, gm.mean
     return prior
+
+
+def tiny_prior(shape, dims=2):
+    """A random (untrained) tiny UNet behind the EDM adapter, data range [0, 1] -> [-1, 1]."""
+    from invsolve.priors import Prior, PriorCard
+    from invsolve.priors.adapters import EDMDenoiser
+    from invsolve.priors.unet import UNet
+
+    net = UNet(in_channels=shape[0], channels=(8, 16), attention=(), emb_dim=16, dims=dims)
+    torch.nn.init.normal_(net.head.weight, std=0.05)  # random, not the zero init
+    card = PriorCard(name="tiny", kind="diffusion", parameterization="edm", shape=shape, scale=2.0, offset=-1.0,
+                     physical_range=(0.0, 1.0))
+    return Prior(EDMDenoiser(net.eval().requires_grad_(False)), card)

@@ -5,11 +5,8 @@ from deepinv.physics import Physics
 import invsolve as iv
 import operators as ops
 from invsolve.exactness import exactness_report
-from invsolve.priors import Prior, PriorCard
-from invsolve.priors.adapters import EDMDenoiser
-from invsolve.priors.unet import UNet
 
-from helpers import linear_problems, measure, mixture
+from helpers import linear_problems, measure, mixture, tiny_prior
 
 
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])
@@ -30,14 +27,6 @@ def test_batched_draws_equal_single_draws_with_same_generators():
     together = iv.sample("dps", gm, problem, n_samples=3, generator=gens(), steps=50)
     alone = [iv.sample("dps", gm, problem, n_samples=1, generator=[g], steps=50).samples[0] for g in gens()]
     torch.testing.assert_close(together.samples, torch.stack(alone), rtol=1e-5, atol=1e-5)
-
-
-def tiny_prior(shape, dims=2):
-    net = UNet(in_channels=shape[0], channels=(8, 16), attention=(), emb_dim=16, dims=dims)
-    torch.nn.init.normal_(net.head.weight, std=0.05)  # random, not the zero init
-    card = PriorCard(name="tiny", kind="diffusion", parameterization="edm", shape=shape, scale=2.0, offset=-1.0,
-                     physical_range=(0.0, 1.0))
-    return Prior(EDMDenoiser(net.eval().requires_grad_(False)), card)
 
 
 @pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])
