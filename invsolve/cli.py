@@ -21,7 +21,7 @@ def _demo(args) -> int:
 def _train(args) -> int:
     from .priors.training import TrainConfig, train
 
-    config = TrainConfig(name=args.name, data=args.data, size=args.size, channels=tuple(args.channels),
+    config = TrainConfig(name=args.name, objective=args.objective, data=args.data, size=args.size, channels=tuple(args.channels),
                          attention=tuple(args.attention), batch=args.batch, steps=args.steps, lr=args.lr,
                          ema_decay=args.ema_decay, seed=args.seed, checkpoint_every=args.checkpoint_every,
                          threads=args.threads)
@@ -76,8 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     t = TrainConfig()
-    train = sub.add_parser("train", help="train (or resume) an EDM prior; interrupt and rerun to resume")
+    train = sub.add_parser("train", help="train (or resume) a diffusion (EDM) or flow prior; interrupt and rerun to resume")
     train.add_argument("--name", default=t.name)
+    train.add_argument("--objective", choices=["edm", "flow"], default=t.objective,
+                       help="edm: diffusion prior (EDM); flow: rectified-flow prior (default: %(default)s)")
     train.add_argument("--data", default=t.data, help="training data (default: %(default)s: random-ellipse CT phantoms)")
     train.add_argument("--size", type=int, default=t.size)
     train.add_argument("--channels", type=int, nargs="+", default=list(t.channels))

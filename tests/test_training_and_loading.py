@@ -77,3 +77,17 @@ def test_checksum_mismatch_and_corrupt_file(exported, tmp_path):
 def test_unknown_prior_name_lists_known():
     with pytest.raises(FileNotFoundError, match="no prior named"):
         iv.load_prior("no-such-prior")
+
+
+def test_flow_objective_exports_a_flow_prior_whose_denoiser_follows_the_velocity(tmp_path):
+    out = train(TrainConfig(steps=2, objective="flow", **TINY), tmp_path / "flow", progress=False)
+    prior = iv.load_prior(out)
+    assert prior.card.kind == "flow" and prior.card.parameterization == "flow-velocity"
+    net = prior.denoiser.net
+    x, sigma = torch.randn(2, 1, 16, 16), 0.7
+    t = sigma / (1 + sigma)
+    x_t = x / (1 + sigma)
+    expected = x_t - t * net(x_t, torch.full((2,), t))
+    torch.testing.assert_close(prior(x, sigma), expected)
+    with pytest.raises(ValueError, match="objective"):
+        train(TrainConfig(steps=1, objective="score", **TINY), tmp_path / "bad", progress=False)

@@ -1,9 +1,15 @@
-"""EDM training of a small prior, resumable from its checkpoint.
+"""Training of a small diffusion (EDM) or flow (rectified flow) prior, resumable from its checkpoint.
 
-Objective (Karras et al. 2022, Sec. 5 and Table 1): ``ln sigma ~ N(P_mean, P_std^2)``,
-loss ``lambda(sigma) * ||D(x0 + sigma n, sigma) - x0||^2`` with
-``lambda = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2``; Adam with a linear
-warm-up; an exponential moving average (EMA) of the weights is what gets exported.
+Objectives:
+
+- ``edm`` (Karras et al. 2022, Sec. 5 and Table 1): ``ln sigma ~ N(P_mean, P_std^2)``, loss
+  ``lambda(sigma) * ||D(x0 + sigma n, sigma) - x0||^2`` with
+  ``lambda = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2``;
+- ``flow`` (rectified flow / flow matching, Liu et al. 2023, Lipman et al. 2023):
+  ``t ~ U(0, 1)``, ``x_t = (1 - t) x0 + t n``, loss ``||v(x_t, t) - (n - x0)||^2``; the network
+  is a velocity field, exported with the ``flow-velocity`` adapter.
+
+Adam with a linear warm-up; an exponential moving average (EMA) of the weights is what gets exported.
 
 The run directory holds ``checkpoint.pt`` (network, EMA, optimizer, data-generator
 state, step, wall time, loss history), rewritten atomically every
@@ -33,6 +39,7 @@ from .unet import UNet
 @dataclasses.dataclass
 class TrainConfig:
     name: str = "ct-phantom64"
+    objective: str = "edm"          # "edm" (diffusion) or "flow" (rectified flow)
     data: str = "ellipses"          # data source; see ``data_source``
     size: int = 64
     channels: tuple[int, ...] = (32, 64, 96, 96)
@@ -86,6 +93,14 @@ def edm_loss(denoiser: EDMDenoiser, x0: torch.Tensor, generator: torch.Generator
     return (weight * (denoiser(x0 + sigma * noise, sigma) - x0) ** 2).mean()
 
 
+def flow_loss(net, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
+    t = torch.rand(shape, generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    x_t = (1 - t) * x0 + t * noise
+    return ((net(x_t, t.reshape(-1)) - (noise - x0)) ** 2).mean()
+
+
 def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None = None,
           progress: bool = True, max_seconds: float | None = None) -> Path | None:
     """Train (or resume) the prior described by ``config``.
@@ -100,9 +115,11 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         torch.set_num_threads(config.threads)
     ckpt_path = run_dir / "checkpoint.pt"
     config_path = run_dir / "config.json"
+    if config.objective not in ("edm", "flow"):
+        raise ValueError(f"objective must be 'edm' or 'flow', got {config.objective!r}")
     config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
     if config_path.exists() and ckpt_path.exists():
-        saved = json.loads(config_path.read_text())
+        saved = {**dataclasses.asdict(TrainConfig()), **json.loads(config_path.read_text())}  # older runs lack newer keys
         mismatch = {k: (saved.get(k), v) for k, v in json.loads(config_json).items()
                     if k not in ("steps", "checkpoint_every", "threads") and saved.get(k) != v}
         if mismatch:
@@ -145,7 +162,10 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         for group in opt.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
         x0 = 2 * sample(config.batch, data_gen) - 1  # physical [0, 1] -> model [-1, 1]
-        loss = edm_loss(denoiser, x0, noise_gen, config.p_mean, config.p_std, config.sigma_data)
+        if config.objective == "flow":
+            loss = flow_loss(net, x0, noise_gen)
+        else:
+            loss = edm_loss(denoiser, x0, noise_gen, config.p_mean, config.p_std, config.sigma_data)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -178,11 +198,13 @@ def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tail = history[-200:]
+    flow = config.objective == "flow"
     card = PriorCard(
-        name=config.name, kind="diffusion", parameterization="edm", shape=(1, config.size, config.size),
+        name=config.name, kind="flow" if flow else "diffusion", parameterization="flow-velocity" if flow else "edm",
+        shape=(1, config.size, config.size),
         scale=2.0, offset=-1.0, sigma_min=config.sigma_min, sigma_max=config.sigma_max,
         sigma_data=config.sigma_data, physical_range=(0.0, 1.0),
-        description=f"EDM diffusion prior on {config.size}x{config.size} random-ellipse CT phantoms "
+        description=f"{'Rectified-flow' if flow else 'EDM diffusion'} prior on {config.size}x{config.size} random-ellipse CT phantoms "
                     "(attenuation in [0, 1]; model space [-1, 1]).",
         metadata={
             "architecture": "invsolve.priors.unet.UNet",
