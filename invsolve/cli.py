@@ -39,7 +39,8 @@ def _list(args) -> int:
         from .priors.loaders import list_priors
 
         for name, path in list_priors().items():
-            print(f"{name}\t{path}")
+            card = _read_card(path)
+            print(f"{name}\t{card.kind}/{card.parameterization}\t{'x'.join(map(str, card.shape))}\t{path}")
     elif args.what == "samplers":
         from . import samplers
 
@@ -49,6 +50,41 @@ def _list(args) -> int:
 
         for name in operators.names():
             print(f"{name}\t{operators.describe(name)}")
+    return 0
+
+
+def _read_card(folder):
+    import json
+
+    from .priors.base import PriorCard
+
+    return PriorCard.from_dict(json.loads((folder / "card.json").read_text()))
+
+
+def _info(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .priors.loaders import resolve
+
+    folder = resolve(args.prior)
+    card = _read_card(folder)
+    meta = card.metadata
+    training = meta.get("training", {})
+    lines = [f"{card.name}: {card.description}",
+             f"  folder          {folder}",
+             f"  kind            {card.kind} ({card.parameterization})",
+             f"  shape           {tuple(card.shape)}",
+             f"  model space     x_model = {card.scale:g} * x_physical + {card.offset:g}; physical range {card.physical_range}",
+             f"  sigma range     [{card.sigma_min:g}, {card.sigma_max:g}]",
+             f"  architecture    {meta.get('architecture')} ({meta.get('parameters', '?')} parameters)",
+             f"  weights         {Path(folder, 'weights.safetensors').stat().st_size / 1e6:.1f} MB, sha256 {meta.get('sha256', 'not recorded')}"]
+    if training:
+        lines.append("  training        " + ", ".join(f"{k} {v}" for k, v in training.items()))
+    for key in ("data", "evaluation"):
+        if key in meta:
+            lines.append(f"  {key:<15} {json.dumps(meta[key])}")
+    print("\n".join(lines))
     return 0
 
 
@@ -100,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list shipped priors, samplers or operators")
     lst.add_argument("what", choices=["priors", "samplers", "operators"])
     lst.set_defaults(func=_list)
+
+    info = sub.add_parser("info", help="show a prior's card (shipped name or folder)")
+    info.add_argument("prior")
+    info.set_defaults(func=_info)
     return parser
 
 

@@ -91,3 +91,15 @@ def test_flow_objective_exports_a_flow_prior_whose_denoiser_follows_the_velocity
     torch.testing.assert_close(prior(x, sigma), expected)
     with pytest.raises(ValueError, match="objective"):
         train(TrainConfig(steps=1, objective="score", **TINY), tmp_path / "bad", progress=False)
+
+
+def test_cli_info_and_list_show_the_card(capsys):
+    from invsolve.cli import main
+
+    assert main(["info", "ct-phantom64"]) == 0
+    out = capsys.readouterr().out
+    assert "diffusion (edm)" in out and "1590113 parameters" in out and "sha256" in out
+    assert main(["list", "priors"]) == 0
+    assert "ct-phantom64\tdiffusion/edm\t1x64x64" in capsys.readouterr().out
+    assert main(["info", "no-such-prior"]) == 2
+    assert "no prior named" in capsys.readouterr().err

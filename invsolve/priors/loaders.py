@@ -47,7 +47,7 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _resolve(name_or_path: str | Path) -> Path:
+def resolve(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_dir():
         return path
@@ -89,7 +89,7 @@ def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu", ver
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = _resolve(name_or_path)
+    folder = resolve(name_or_path)
     card_path, weights_path = folder / "card.json", folder / "weights.safetensors"
     if not card_path.is_file() or not weights_path.is_file():
         raise FileNotFoundError(f"{folder} must hold card.json and weights.safetensors")
