@@ -72,3 +72,59 @@ class Problem:
         """``y - A(x)`` for a model-space batch (measurements tiled to the batch)."""
         Ax = self.forward(x_model)
         return self.tiled_y(Ax.shape[0]) - Ax
+
+    # ---- model-space linear algebra for linear physics (MCG, RED-Diff; shared by samplers) ----
+    # ``forward(x) = M x + c`` with ``M v = A(v) / scale``: ``M`` maps model space to physical
+    # measurement units and its adjoint is ``adjoint``.
+
+    def linear_forward(self, v: torch.Tensor) -> torch.Tensor:
+        """``M v``: the linear part of ``forward`` (model-space ``v``, physical units out)."""
+        if not self.is_linear:
+            raise TypeError(f"{type(self.physics).__name__} is not linear; this method needs a LinearPhysics")
+        return self.physics.A(v / self.scale)
+
+    def pinv(self, r: torch.Tensor, rho: float = 0.0, iters: int = 50, tol: float = 1e-10) -> torch.Tensor:
+        """``(M^T M + rho I)^+ M^T r`` per sample: for ``rho = 0`` the model-space pseudo-inverse
+        ``M^+ r`` (minimum-norm least squares), for ``rho > 0`` its Tikhonov-regularised form.
+
+        Exact through the SVD for a ``deepinv`` ``DecomposablePhysics`` (masks, MRI, ...);
+        otherwise ``iters`` conjugate-gradient steps on the normal equations started at 0 (which
+        stay in the row space of ``M`` and so converge to the minimum-norm solution). Each sample
+        (row of ``r``) has its own CG steps and stops on its own once its residual falls below
+        ``tol`` times its start, so a batch gives the same result as its rows one at a time.
+        """
+        from deepinv.physics import DecomposablePhysics
+
+        if not self.is_linear:
+            raise TypeError(f"{type(self.physics).__name__} is not linear; pinv needs a LinearPhysics")
+        if rho < 0:
+            raise ValueError(f"rho must be >= 0, got {rho}")
+        physics = self.physics
+        if isinstance(physics, DecomposablePhysics):
+            s = physics.mask / self.scale
+            s2 = s.abs() ** 2
+            inv = torch.where(s2 + rho > 1e-10, s.conj() / (s2 + rho).clamp_min(1e-10), torch.zeros_like(s))
+            return physics.V(physics.U_adjoint(r) * inv)
+
+        def dot(a, b):
+            return (a * b).reshape(a.shape[0], -1).sum(1).reshape(-1, *([1] * (a.ndim - 1)))
+
+        b = self.adjoint(r)
+        x = torch.zeros_like(b)
+        res, p = b.clone(), b.clone()
+        rs = dot(res, res)
+        stop = tol ** 2 * rs
+        for _ in range(iters):
+            active = rs > stop
+            if not active.any():
+                break
+            Ap = self.adjoint(self.linear_forward(p)) + rho * p
+            pAp = dot(p, Ap)
+            alpha = torch.where(active & (pAp > 0), rs / torch.where(pAp > 0, pAp, 1.0), 0.0)
+            x = x + alpha * p
+            res = res - alpha * Ap
+            rs_new = dot(res, res)
+            beta = torch.where(active, rs_new / torch.where(rs > 0, rs, 1.0), 0.0)
+            p = torch.where(active, res + beta * p, p)
+            rs = torch.where(active, rs_new, rs)
+        return x

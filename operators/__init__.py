@@ -67,16 +67,20 @@ def _builder(module: str, function: str, **fixed) -> Callable[..., Physics]:
     return factory
 
 
-register("ct", _builder("ct", "ParallelBeamCT"),
-         "2D parallel-beam CT (torch, matched adjoint, FBP pseudo-inverse); img_size, views, n_detectors")
-register("ct-sparse8", _builder("ct", "ParallelBeamCT", views=8),
+register("ct", _builder("ct", "make_ct"),
+         "2D parallel-beam CT (torch Joseph projector, exact adjoint, FBP pseudo-inverse; backend='astra' for astra's CPU projectors); img_size, views, n_detectors")
+register("ct-fan", _builder("fanbeam", "make_fanbeam"),
+         "2D fan-beam CT, flat or curved detector, views over 360 deg (torch, exact adjoint, fan-beam FBP; backend='astra' for flat); img_size, views, source_distance, detector_distance")
+register("ct-sparse8", _builder("ct", "make_ct", views=8),
          "sparse-view CT preset: 8 views uniform over [0, 180) degrees, detector = image diagonal")
 register("mri", _builder("mri", "make_mri"),
-         "Cartesian MRI (deepinv MRI / MultiCoilMRI) with fastMRI masks; img_size, coils, mask_type, acceleration, seed")
+         "Cartesian MRI, single coil or SENSE (CG pinv), 2D or 3D (three_d FFT or per slice); img_size, coils, mask_type, acceleration, seed")
 register("mri-4x-equispaced", _builder("mri", "make_mri", mask_type="equispaced_fraction", acceleration=4, mask=None),
          "fastMRI brain protocol: equispaced_fraction mask, 4x, centre fraction 0.08")
 register("mri-8x-random", _builder("mri", "make_mri", mask_type="random", acceleration=8, mask=None),
          "fastMRI knee protocol: random mask, 8x, centre fraction 0.04")
+register("mri-3d-2x-uniform1d", _builder("mri", "make_mri_volume", mask_type="uniform1d", acceleration=2, center_fraction=0.15, three_d=False, mask=None),
+         "DiffusionMBIR CS-MRI: single-coil volume (D, 240, 240), 2D FFT per slice, one uniform1d 2x mask (centre 0.15) for all slices")
 register("inpainting", _builder("inpainting", "make_inpainting"),
          "deepinv Inpainting with a centred box or seeded random mask, 2D or 3D")
 register("inpaint-box", _builder("inpainting", "make_inpainting", kind="box"),
@@ -87,3 +91,19 @@ register("gaussian-blur", _builder("blur", "make_gaussian_blur"),
          "Gaussian blur (deepinv Blur), 2D or 3D; std, kernel_size, dims, padding")
 register("deblur-gauss61", _builder("blur", "make_gaussian_blur", std=3.0, kernel_size=None),
          "DPS/DAPS Gaussian deblurring: 61x61 kernel (25^3 in 3D), std 3.0, reflect padding")
+register("motion-blur", _builder("blur", "make_motion_blur"),
+         "motion blur with LeviBorodenko/motionblur kernels (DPS/DAPS), 2D or per-slice 3D; kernel_size, intensity, seed, index, dims")
+register("deblur-motion61", _builder("blur", "deblur_motion61"),
+         "DPS/DAPS motion deblurring: 61x61 motionblur kernel, intensity 0.5, reflect padding; seed=42, index=1 is DAPS's kernel")
+register("sr-bicubic", _builder("resolution", "BicubicDownsampling"),
+         "bicubic downsampling = DPS/DAPS Resizer (MATLAB imresize), exact adjoint and pinv, 2D or 3D; img_size, factor, axes")
+register("sr4-bicubic", _builder("resolution", "BicubicDownsampling", factor=4),
+         "DPS/DAPS super-resolution x4: antialiased bicubic Resizer(in_shape, 1/4), 256 -> 64 by default")
+register("sr-avgpool", _builder("resolution", "AveragePooling"),
+         "average-pool downsampling (DDRM SVD super-resolution), pinv = block replication, 2D or 3D; factor, dims, axes")
+register("sr4-avgpool", _builder("resolution", "AveragePooling", factor=4),
+         "DDRM/RED-Diff/FlowDPS super-resolution x4: mean over 4x4 blocks")
+register("phase-retrieval", _builder("phase", "FourierPhaseRetrieval"),
+         "Fourier phase retrieval |F pad(x)| (nonlinear), 2D or 3D; img_size, oversample, pad, dims, complex_input")
+register("phase-retrieval-os2", _builder("phase", "FourierPhaseRetrieval", oversample=2.0, pad=None),
+         "DPS/DAPS phase retrieval: oversample 2.0, pad int(2/8 n) per side (64 at 256^2), centred ortho FFT, amplitude")

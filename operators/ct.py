@@ -1,24 +1,39 @@
-"""Computed tomography: 2D parallel-beam projector with a matched adjoint and FBP.
+"""Computed tomography: the shared ray-transform core and the 2D parallel-beam projector.
 
 Written here instead of using ``deepinv.physics.Tomography`` because that class ties
 the detector to the image width and builds its sampling grids in float32, so it cannot
-offer a free detector size or an adjoint exact to float64 precision; this projector
-is a deepinv ``LinearPhysics`` all the same, so deepinv's solvers accept it.
+offer a free detector size or an adjoint exact to float64 precision; these projectors
+are deepinv ``LinearPhysics`` all the same, so deepinv's solvers accept them.
 
-Geometry (same as astra's ``parallel`` with unit pixels):
+Geometry (pixel units; the image has H x W unit pixels centred on the origin):
 
-- the image has H x W unit pixels centred on the origin; ``x`` runs along columns and
-  ``y`` along rows;
-- view ``theta`` integrates along the lines ``x cos(theta) + y sin(theta) = s``;
+- ``x`` runs along columns, ``y`` along rows: pixel (row i, column j) has its centre at
+  ``(j + 1/2 - W/2, i + 1/2 - H/2)``, so row 0 is at the most negative ``y``;
+- view ``theta`` integrates along the lines ``x cos(theta) + y sin(theta) = s``, i.e. along
+  the direction ``(-sin theta, cos theta)``;
 - the detector has ``n_detectors`` bins of width ``detector_spacing`` centred on s = 0
-  (default: ``ceil(sqrt(H^2 + W^2))``, the image diagonal);
+  (default: ``ceil(sqrt(H^2 + W^2))``, the image diagonal); bin k sits at
+  ``s = (k - (n_detectors - 1) / 2) * detector_spacing``;
 - the sinogram has shape (..., views, n_detectors).
 
-The forward model samples each ray every ``1 / samples_per_pixel`` pixels with bilinear
-interpolation and sums (a Joseph-type line integral in pixel units). The adjoint is the
-exact transpose of that sum, computed by autograd through ``grid_sample``, so
-``<A x, y> = <x, A^T y>`` holds to the rounding of the dtype. Any leading dimensions
-(batch, channels, slices of a volume) are folded together and projected slice by slice.
+This is astra-toolbox's ``parallel`` geometry on a vertically flipped image (astra's ``y``
+axis points towards row 0): see ``operators/astra_backend.py``.
+
+Line integrals (``RayTransform``, shared with the fan beam of ``operators/fanbeam.py``): every
+ray is a straight line given by a point and a direction. By default each ray is sampled by
+Joseph's method (Joseph, IEEE TMI 1982): once per image row if the ray is closer to vertical,
+once per image column otherwise, with linear interpolation between the two nearest pixels of
+that row (column) and a path length of ``1 / |cos|`` of the ray's angle to the stepping axis.
+This is the model of astra's ``linear`` parallel-beam CPU projector (astra has none for fan beam).
+With ``samples_per_pixel=q`` the ray is instead sampled every ``1/q`` pixels with bilinear
+interpolation (the model of invsolve <= 0.1). Both are evaluated with ``grid_sample``; the
+adjoint is the exact transpose of the same sums, computed by ``grid_sample``'s own backward
+kernel (the one autograd uses), so ``<A x, y> = <x, A^T y>`` holds to the rounding of the
+dtype. A and its adjoint are each other's autograd backward, so both are differentiable to any
+order. Any leading dimensions (batch, channels, slices of a volume) are folded into one stack of
+slices, projected ``slice_chunk`` slices at a time, with views in chunks of at most
+``max_points`` interpolation points (counted over the slices of a chunk) per ``grid_sample``
+call, so memory beyond the input and output stays bounded for any number of slices.
 """
 
 from __future__ import annotations
@@ -31,6 +46,36 @@ from deepinv.physics import LinearPhysics
 from torch.nn import functional as F
 
 
+def ramp_kernel(size: int, spacing: float = 1.0, dtype=torch.float64) -> torch.Tensor:
+    """Spatial band-limited ramp (Ram-Lak) kernel of Kak & Slaney (1988, eq. 61), length
+    ``size`` in FFT order (index n and n - size are the same tap)."""
+    n = torch.cat([torch.arange(0, size // 2 + 1), torch.arange(-(size // 2) + 1, 0)]).to(dtype)
+    h = torch.zeros(size, dtype=dtype)
+    h[0] = 1 / (4 * spacing ** 2)
+    odd = n.remainder(2) == 1
+    h[odd] = -1 / (math.pi * n[odd] * spacing) ** 2
+    return h
+
+
+def filter_size(n_detectors: int) -> int:
+    """FFT length of the ramp filter: a power of two >= 2 n_detectors (and >= 64)."""
+    return max(64, 2 ** math.ceil(math.log2(2 * n_detectors)))
+
+
+def window_response(response: torch.Tensor, window: str) -> torch.Tensor:
+    """Multiply a filter frequency response (FFT order) by an FBP window."""
+    freq = torch.fft.fftfreq(response.shape[0], dtype=response.dtype)  # cycles per sample, in [-0.5, 0.5)
+    if window == "shepp-logan":
+        return response * torch.sinc(freq)
+    if window == "cosine":
+        return response * torch.cos(math.pi * freq)
+    if window == "hann":
+        return response * (0.5 + 0.5 * torch.cos(2 * math.pi * freq))
+    if window != "ram-lak":
+        raise ValueError(f"unknown FBP window {window!r}; choose ram-lak, shepp-logan, cosine or hann")
+    return response
+
+
 def ramp_filter(n_detectors: int, detector_spacing: float = 1.0, window: str = "ram-lak",
                 dtype=torch.float64) -> torch.Tensor:
     """Frequency response (length P, a power of two >= 2n) of the band-limited ramp filter.
@@ -39,26 +84,254 @@ def ramp_filter(n_detectors: int, detector_spacing: float = 1.0, window: str = "
     the DC offset of a sampled ``|w|``; ``window`` in {"ram-lak", "shepp-logan", "cosine",
     "hann"} multiplies it in frequency.
     """
-    size = max(64, 2 ** math.ceil(math.log2(2 * n_detectors)))
-    n = torch.cat([torch.arange(0, size // 2 + 1), torch.arange(-(size // 2) + 1, 0)]).to(dtype)
-    h = torch.zeros(size, dtype=dtype)
-    h[0] = 1 / (4 * detector_spacing ** 2)
-    odd = n.remainder(2) == 1
-    h[odd] = -1 / (math.pi * n[odd] * detector_spacing) ** 2
-    response = torch.fft.fft(h).real * detector_spacing
-    freq = torch.fft.fftfreq(size, dtype=dtype)  # cycles per sample, in [-0.5, 0.5)
-    if window == "shepp-logan":
-        response = response * torch.sinc(freq)
-    elif window == "cosine":
-        response = response * torch.cos(math.pi * freq)
-    elif window == "hann":
-        response = response * (0.5 + 0.5 * torch.cos(2 * math.pi * freq))
-    elif window != "ram-lak":
-        raise ValueError(f"unknown FBP window {window!r}; choose ram-lak, shepp-logan, cosine or hann")
-    return response
+    h = ramp_kernel(filter_size(n_detectors), detector_spacing, dtype)
+    return window_response(torch.fft.fft(h).real * detector_spacing, window)
 
 
-class ParallelBeamCT(LinearPhysics):
+def apply_filter(y: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+    """Linear (zero-padded) convolution of each row of ``y`` (last axis) with a filter given by
+    its frequency response in FFT order."""
+    response = response.to(device=y.device, dtype=y.dtype)
+    size = response.shape[0]
+    spectrum = torch.fft.fft(F.pad(y, (0, size - y.shape[-1])), dim=-1) * response
+    return torch.fft.ifft(spectrum, dim=-1).real[..., : y.shape[-1]].to(y.dtype)
+
+
+def angles_from_views(views: int | Sequence[float], angular_range: tuple[float, float]) -> torch.Tensor:
+    """View angles in degrees (float64): ``views`` uniform over ``angular_range`` (end excluded)
+    for an int, else the given sequence."""
+    if isinstance(views, int):
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views}")
+        start, end = angular_range
+        return start + (end - start) * torch.arange(views, dtype=torch.float64) / views
+    angles = torch.as_tensor(list(views), dtype=torch.float64)
+    if angles.ndim != 1 or len(angles) == 0:
+        raise ValueError("views must be an int or a non-empty 1D sequence of angles in degrees")
+    return angles
+
+
+def pixel_backprojection(q: torch.Tensor, img_shape: tuple[int, int], angles: torch.Tensor, coordinate,
+                         first: float, step: float, max_points: int = 2 ** 22) -> torch.Tensor:
+    """Pixel-driven back-projection ``sum_v w_v(p) q_v(u_v(p))`` of sinograms ``q`` (..., views, bins).
+
+    ``coordinate(beta, px, py)`` gives, for view angles ``beta`` (radians, (views, 1)) and pixel
+    centres ``px, py`` ((1, H W), pixel units), the detector coordinate ``u`` of each pixel and its
+    weight ``w`` (``None`` for 1); bin k sits at ``first + k step``. ``q_v`` is interpolated
+    linearly between bins and is zero outside the detector. Used by the FBPs; not an adjoint.
+    """
+    height, width = img_shape
+    views, bins = q.shape[-2:]
+    sinos = q.reshape(1, -1, views, bins)
+    n, dtype, device = sinos.shape[1], q.dtype, q.device
+    xs = torch.arange(width, dtype=torch.float64, device=device) + 0.5 - width / 2
+    ys = torch.arange(height, dtype=torch.float64, device=device) + 0.5 - height / 2
+    py, px = (t.reshape(1, -1) for t in torch.meshgrid(ys, xs, indexing="ij"))
+    beta = torch.deg2rad(angles.to(device=device, dtype=torch.float64))[:, None]
+    out = torch.zeros(1, n, height * width, dtype=dtype, device=device)
+    chunk = max(1, max_points // (height * width * n))
+    for v0 in range(0, views, chunk):
+        position, weight = coordinate(beta[v0:v0 + chunk], px, py)
+        index = (position - first) / step                                   # continuous bin index
+        view = torch.arange(v0, v0 + index.shape[0], dtype=torch.float64, device=device)[:, None]
+        grid = torch.stack([(2 * index + 1) / bins - 1, ((2 * view + 1) / views - 1).expand_as(index)], -1)
+        values = F.grid_sample(sinos, grid[None].to(dtype), mode="bilinear", padding_mode="zeros",
+                               align_corners=False)                         # (1, n, chunk, H W)
+        out += (values if weight is None else values * weight.to(dtype)).sum(2)
+    return out.reshape(*q.shape[:-2], height, width)
+
+
+def angular_span(angles: torch.Tensor, default: float) -> float:
+    """Angle covered by uniformly spaced views (radians): (last - first) * V / (V - 1)."""
+    views = len(angles)
+    return default if views == 1 else float(torch.deg2rad(angles[-1] - angles[0])) * views / (views - 1)
+
+
+def _image_shape(img_size: int | Sequence[int]) -> tuple[int, int]:
+    height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(int(n) for n in img_size)
+    if height < 2 or width < 2:
+        raise ValueError(f"img_size must be at least 2x2, got {(height, width)}")
+    return height, width
+
+
+class _Project(torch.autograd.Function):
+    """``A x`` with ``A^T`` as its backward (and vice versa below): exact and cheap gradients."""
+
+    @staticmethod
+    def forward(ctx, x, op):
+        ctx.op = op
+        return op._project(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Backproject.apply(grad, ctx.op), None
+
+
+class _Backproject(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, op):
+        ctx.op = op
+        return op._backproject(y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Project.apply(grad, ctx.op), None
+
+
+class RayTransform(LinearPhysics):
+    """Line integrals of 2D slices along given rays, with the exact adjoint (shared core).
+
+    :param img_shape: (H, W) of one slice.
+    :param points: (views, rays, 2) one point (x, y) of every ray, in pixel units.
+    :param directions: (views, rays, 2) direction of every ray (any length).
+    :param samples_per_pixel: ``None`` for Joseph's method (one linear interpolation per row or
+        column crossed); a number ``q`` for bilinear samples every ``1/q`` pixels along the ray.
+    :param slice_chunk: slices projected together (memory bound for volumes).
+    :param max_points: interpolation points per ``grid_sample`` call, counted over the slices of
+        the chunk (views are chunked to fit; at least one view per call).
+    :param grid_cache_bytes: keep the sample grid of a dtype after the first call when it fits in
+        this many bytes (default 256 MiB: 134 MB for 256x256 with 180 views in float32); larger
+        grids are rebuilt chunk by chunk at every call.
+    """
+
+    def __init__(self, img_shape: tuple[int, int], points: torch.Tensor, directions: torch.Tensor,
+                 samples_per_pixel: float | None = None, slice_chunk: int = 16, max_points: int = 2 ** 22,
+                 grid_cache_bytes: int = 2 ** 28, **kwargs):
+        super().__init__(**kwargs)
+        self._grid_cache: dict = {}
+        self.grid_cache_bytes = int(grid_cache_bytes)
+        if slice_chunk < 1 or max_points < 1:
+            raise ValueError(f"slice_chunk and max_points must be >= 1, got {slice_chunk}, {max_points}")
+        self.img_shape = tuple(img_shape)
+        self.slice_chunk = int(slice_chunk)
+        self.max_points = int(max_points)
+        self.samples_per_pixel = samples_per_pixel
+        height, width = self.img_shape
+        points = points.to(torch.float64)
+        directions = directions.to(torch.float64)
+        directions = directions / directions.norm(dim=-1, keepdim=True)
+        dx, dy = directions[..., 0], directions[..., 1]
+        if samples_per_pixel is None:
+            # Joseph: step one row (|dy| >= |dx|) or one column per sample, starting at the first
+            rows = dy.abs() >= dx.abs()
+            along = torch.where(rows, dy, dx)                             # component on the stepping axis
+            first = torch.where(rows, 0.5 - height / 2, 0.5 - width / 2)  # first row / column centre
+            coord = torch.where(rows, points[..., 1], points[..., 0])
+            start = points + ((first - coord) / along)[..., None] * directions
+            step = directions / along[..., None]
+            weight = 1.0 / along.abs()
+            n_samples = max(height, width)
+        else:
+            if not samples_per_pixel > 0:
+                raise ValueError(f"samples_per_pixel must be positive or None, got {samples_per_pixel}")
+            dt = 1.0 / float(samples_per_pixel)
+            half_length = 0.5 * math.hypot(height, width) + 1.0
+            n_samples = 2 * math.ceil(half_length / dt) + 1
+            middle = points - (points * directions).sum(-1, keepdim=True) * directions  # closest to the origin
+            start = middle - (n_samples - 1) / 2 * dt * directions
+            step = dt * directions
+            weight = torch.full_like(dx, dt)
+        scale = torch.tensor([2.0 / width, 2.0 / height], dtype=torch.float64)  # grid_sample coordinates
+        self.n_samples = int(n_samples)
+        self.register_buffer("ray_start", start * scale, persistent=False)
+        self.register_buffer("ray_step", step * scale, persistent=False)
+        self.register_buffer("ray_weight", weight, persistent=False)
+        self.register_buffer("sample_index", torch.arange(self.n_samples, dtype=torch.float64), persistent=False)
+
+    # ---- shapes -----------------------------------------------------------------------------
+    @property
+    def sinogram_shape(self) -> tuple[int, int]:
+        return tuple(self.ray_weight.shape)
+
+    def _check_image(self, x: torch.Tensor) -> None:
+        if x.ndim < 3 or tuple(x.shape[-2:]) != self.img_shape:
+            raise ValueError(f"{type(self).__name__} expects images of shape (B, C, {self.img_shape[0]}, "
+                             f"{self.img_shape[1]}) (or (B, C, D, H, W) volumes), got {tuple(x.shape)}")
+
+    def _check_sinogram(self, y: torch.Tensor) -> None:
+        views, rays = self.sinogram_shape
+        if y.ndim < 3 or tuple(y.shape[-2:]) != (views, rays):
+            raise ValueError(f"{type(self).__name__} sinograms have shape (B, C, {views}, {rays}) "
+                             f"(or (B, C, D, {views}, {rays})), got {tuple(y.shape)}")
+
+    # ---- public operator --------------------------------------------------------------------
+    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        self._check_image(x)
+        return _Project.apply(x, self)
+
+    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        self._check_sinogram(y)
+        return _Backproject.apply(y, self)
+
+    # ---- core -------------------------------------------------------------------------------
+    def _chunks(self, n_slices: int):
+        views, rays = self.sinogram_shape
+        slice_chunk = min(self.slice_chunk, n_slices)
+        view_chunk = max(1, self.max_points // (rays * self.n_samples * slice_chunk))
+        return slice_chunk, view_chunk
+
+    def _make_grid(self, v0: int, v1: int, dtype) -> torch.Tensor:
+        start = self.ray_start[v0:v1, :, None, :].to(dtype)
+        step = self.ray_step[v0:v1, :, None, :].to(dtype)
+        index = self.sample_index.to(dtype)[None, None, :, None]
+        return torch.addcmul(start, index, step)
+
+    def _grid(self, v0: int, v1: int, dtype) -> torch.Tensor:
+        """Sample points of views v0..v1-1, (1, (v1 - v0) * rays, samples, 2) in grid_sample units.
+
+        The whole grid is kept for the next calls when it fits in ``grid_cache_bytes`` (it costs
+        about as much to build as to interpolate), else built chunk by chunk."""
+        views, rays = self.sinogram_shape
+        key = (dtype, self.ray_start.device)
+        grid = self._grid_cache.get(key)
+        if grid is None and views * rays * self.n_samples * 2 * torch.finfo(dtype).bits // 8 <= self.grid_cache_bytes:
+            grid = self._grid_cache[key] = self._make_grid(0, views, dtype)
+        grid = grid[v0:v1] if grid is not None else self._make_grid(v0, v1, dtype)
+        return grid.reshape(1, -1, self.n_samples, 2)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._grid_cache = {}  # .to(), .double(), ...: rebuild from the moved buffers
+        return super()._apply(fn, *args, **kwargs)
+
+    def _project(self, x: torch.Tensor) -> torch.Tensor:
+        views, rays = self.sinogram_shape
+        slices = x.reshape(-1, *self.img_shape)
+        n = slices.shape[0]
+        out = x.new_empty(n, views, rays)
+        weight = self.ray_weight.to(x.dtype)
+        slice_chunk, view_chunk = self._chunks(n)
+        for s0 in range(0, n, slice_chunk):
+            block = slices[s0:s0 + slice_chunk].unsqueeze(0)
+            for v0 in range(0, views, view_chunk):
+                v1 = min(views, v0 + view_chunk)
+                samples = F.grid_sample(block, self._grid(v0, v1, x.dtype), mode="bilinear",
+                                        padding_mode="zeros", align_corners=False)
+                out[s0:s0 + slice_chunk, v0:v1] = samples.sum(-1).view(-1, v1 - v0, rays) * weight[v0:v1]
+        return out.reshape(*x.shape[:-2], views, rays)
+
+    def _backproject(self, y: torch.Tensor) -> torch.Tensor:
+        views, rays = self.sinogram_shape
+        sinos = y.reshape(-1, views, rays)
+        n = sinos.shape[0]
+        out = y.new_empty(n, *self.img_shape)
+        weight = self.ray_weight.to(y.dtype)
+        slice_chunk, view_chunk = self._chunks(n)
+        for s0 in range(0, n, slice_chunk):
+            block = sinos[s0:s0 + slice_chunk]
+            shape = (1, block.shape[0], *self.img_shape)
+            acc = y.new_zeros(shape)
+            for v0 in range(0, views, view_chunk):
+                v1 = min(views, v0 + view_chunk)
+                grad = (block[:, v0:v1] * weight[v0:v1]).reshape(1, block.shape[0], -1, 1)
+                grad = grad.expand(-1, -1, -1, self.n_samples)
+                # the transpose of grid_sample (its backward kernel, input gradient only)
+                acc += torch.ops.aten.grid_sampler_2d_backward(grad, acc, self._grid(v0, v1, y.dtype),
+                                                               0, 0, False, [True, False])[0]
+            out[s0:s0 + slice_chunk] = acc[0]
+        return out.reshape(*y.shape[:-2], *self.img_shape)
+
+
+class ParallelBeamCT(RayTransform):
     """2D parallel-beam CT ``y = A x`` for images (B, C, H, W) or stacks of slices (..., H, W).
 
     :param img_size: H or (H, W) of one slice.
@@ -67,48 +340,33 @@ class ParallelBeamCT(LinearPhysics):
     :param n_detectors: detector bins (default: the image diagonal, rounded up).
     :param detector_spacing: bin width in pixels.
     :param angular_range: (start, end) in degrees for an integer ``views``.
-    :param samples_per_pixel: ray samples per pixel length (accuracy of the line integral).
+    :param samples_per_pixel: ``None`` (default) for Joseph's method, or a number of bilinear
+        samples per pixel length along each ray.
     :param fbp_window: window of the FBP ramp filter.
+    :param slice_chunk: slices of a volume projected together (bounds memory).
+    :param max_points: interpolation points (times slices) per ``grid_sample`` call (bounds memory).
     """
 
     def __init__(self, img_size: int | Sequence[int] = 64, views: int | Sequence[float] = 180,
                  n_detectors: int | None = None, detector_spacing: float = 1.0,
-                 angular_range: tuple[float, float] = (0.0, 180.0), samples_per_pixel: float = 2.0,
-                 fbp_window: str = "ram-lak", max_points: int = 2 ** 22, **kwargs):
-        super().__init__(**kwargs)
-        height, width = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        if height < 2 or width < 2:
-            raise ValueError(f"img_size must be at least 2x2, got {(height, width)}")
-        if isinstance(views, int):
-            if views < 1:
-                raise ValueError(f"views must be >= 1, got {views}")
-            start, end = angular_range
-            angles = start + (end - start) * torch.arange(views, dtype=torch.float64) / views
-        else:
-            angles = torch.as_tensor(list(views), dtype=torch.float64)
-            if angles.ndim != 1 or len(angles) == 0:
-                raise ValueError("views must be an int or a non-empty 1D sequence of angles in degrees")
-        self.img_shape = (height, width)
-        self.n_detectors = int(n_detectors or math.ceil(math.hypot(height, width)))
+                 angular_range: tuple[float, float] = (0.0, 180.0), samples_per_pixel: float | None = None,
+                 fbp_window: str = "ram-lak", slice_chunk: int = 16, max_points: int = 2 ** 22, **kwargs):
+        height, width = _image_shape(img_size)
+        angles = angles_from_views(views, angular_range)
+        n_detectors = int(n_detectors or math.ceil(math.hypot(height, width)))
+        if n_detectors < 1 or not detector_spacing > 0:
+            raise ValueError(f"need n_detectors >= 1 and detector_spacing > 0, got {n_detectors}, {detector_spacing}")
+        theta = torch.deg2rad(angles)
+        s = (torch.arange(n_detectors, dtype=torch.float64) - (n_detectors - 1) / 2) * detector_spacing
+        normal = torch.stack([torch.cos(theta), torch.sin(theta)], -1)[:, None, :]     # detector axis
+        direction = torch.stack([-torch.sin(theta), torch.cos(theta)], -1)[:, None, :]  # along the ray
+        points = s[None, :, None] * normal
+        super().__init__((height, width), points, direction.expand_as(points), samples_per_pixel=samples_per_pixel,
+                         slice_chunk=slice_chunk, max_points=max_points, **kwargs)
+        self.n_detectors = n_detectors
         self.detector_spacing = float(detector_spacing)
         self.fbp_window = fbp_window
-        self.max_points = int(max_points)
-        theta = torch.deg2rad(angles)
         self.register_buffer("angles", angles)
-
-        # ray sample points (views, detectors, samples, 2) in grid_sample's normalized coordinates
-        dt = 1.0 / samples_per_pixel
-        half_length = 0.5 * math.hypot(height, width) + 1.0
-        n_samples = 2 * math.ceil(half_length / dt) + 1
-        t = (torch.arange(n_samples, dtype=torch.float64) - (n_samples - 1) / 2) * dt
-        s = (torch.arange(self.n_detectors, dtype=torch.float64) - (self.n_detectors - 1) / 2) * self.detector_spacing
-        cos, sin = torch.cos(theta)[:, None, None], torch.sin(theta)[:, None, None]
-        px = s[None, :, None] * cos - t[None, None, :] * sin
-        py = s[None, :, None] * sin + t[None, None, :] * cos
-        grid = torch.stack([2 * px / width, 2 * py / height], dim=-1)
-        self.register_buffer("grid", grid.to(torch.get_default_dtype()), persistent=False)
-        self.register_buffer("grid64", grid, persistent=False)
-        self.dt = dt
         self.register_buffer("filter_response", ramp_filter(self.n_detectors, self.detector_spacing, fbp_window),
                              persistent=False)
 
@@ -116,50 +374,39 @@ class ParallelBeamCT(LinearPhysics):
     def views(self) -> int:
         return len(self.angles)
 
-    @property
-    def sinogram_shape(self) -> tuple[int, int]:
-        return (self.views, self.n_detectors)
-
-    def _check_image(self, x: torch.Tensor) -> None:
-        if x.ndim < 3 or tuple(x.shape[-2:]) != self.img_shape:
-            raise ValueError(f"CT expects images of shape (B, C, {self.img_shape[0]}, {self.img_shape[1]}) "
-                             f"(or (B, C, D, H, W) volumes), got {tuple(x.shape)}")
-
-    def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        self._check_image(x)
-        lead = x.shape[:-2]
-        slices = x.reshape(1, -1, *self.img_shape)
-        grid = (self.grid64 if x.dtype == torch.float64 else self.grid).to(x.dtype)
-        views, det, samples, _ = grid.shape
-        chunk = max(1, self.max_points // (det * samples))
-        out = []
-        for v0 in range(0, views, chunk):
-            g = grid[v0:v0 + chunk].reshape(1, -1, samples, 2)
-            proj = F.grid_sample(slices, g, mode="bilinear", padding_mode="zeros", align_corners=False)
-            out.append(proj.sum(-1).reshape(slices.shape[1], -1, det))
-        return (torch.cat(out, dim=1) * self.dt).reshape(*lead, views, det)
-
-    def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        if y.ndim < 3 or tuple(y.shape[-2:]) != self.sinogram_shape:
-            raise ValueError(f"CT sinograms have shape (B, C, {self.views}, {self.n_detectors}), got {tuple(y.shape)}")
-        # A is linear, so A^T y is the vector-Jacobian product of A at any point (here 0).
-        x = torch.zeros(*y.shape[:-2], *self.img_shape, dtype=y.dtype, device=y.device, requires_grad=True)
-        with torch.enable_grad():
-            (adjoint,) = torch.autograd.grad(self.A(x), x, grad_outputs=y, create_graph=y.requires_grad)
-        return adjoint
-
     def filter_sinogram(self, y: torch.Tensor) -> torch.Tensor:
         """Ramp-filter each projection along the detector axis (zero-padded linear convolution)."""
-        response = self.filter_response.to(device=y.device)
-        size = response.shape[0]
-        spectrum = torch.fft.fft(F.pad(y, (0, size - y.shape[-1])), dim=-1) * response.to(y.dtype)
-        return torch.fft.ifft(spectrum, dim=-1).real[..., : y.shape[-1]].to(y.dtype)
+        return apply_filter(y, self.filter_response)
 
     def fbp(self, y: torch.Tensor) -> torch.Tensor:
-        """Filtered back-projection (exact inverse in the continuum for full 180-degree sampling)."""
-        span = math.pi if self.views == 1 else float(torch.deg2rad(self.angles[-1] - self.angles[0])) * self.views / (self.views - 1)
-        return self.A_adjoint(self.filter_sinogram(y)) * (span / self.views)
+        """Filtered back-projection (exact inverse in the continuum for full 180-degree sampling):
+        ramp filter, then pixel-driven back-projection with linear interpolation on the detector."""
+        self._check_sinogram(y)
+
+        def coordinate(beta, px, py):
+            return torch.cos(beta) * px + torch.sin(beta) * py, None
+
+        first = -(self.n_detectors - 1) / 2 * self.detector_spacing
+        back = pixel_backprojection(self.filter_sinogram(y), self.img_shape, self.angles, coordinate, first,
+                                    self.detector_spacing, self.max_points)
+        return back * (angular_span(self.angles, math.pi) / self.views)
 
     def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         """Pseudo-inverse used by invsolve: FBP (see ``fbp``)."""
         return self.fbp(y)
+
+
+def make_ct(backend: str = "torch", projector: str | None = None, **params) -> LinearPhysics:
+    """2D parallel-beam CT: ``ParallelBeamCT(**params)`` (``backend="torch"``) or the same geometry
+    projected by astra-toolbox's CPU ``projector`` ("linear" by default, "strip" or "line";
+    ``backend="astra"``, needs ``pip install invsolve[astra]``)."""
+    if backend == "torch":
+        if projector is not None:
+            raise TypeError("projector= chooses an astra projector; pass backend='astra' with it")
+        return ParallelBeamCT(**params)
+    if backend == "astra":
+        from .astra_backend import AstraCT
+
+        geometry = ParallelBeamCT(**params)  # noise_model= (operators.noise) stays on the operator returned
+        return AstraCT(geometry, projector=projector, noise_model=geometry.noise_model)
+    raise ValueError(f"unknown CT backend {backend!r}; choose 'torch' or 'astra'")

@@ -3,6 +3,7 @@
 from .adapters import DDPMSchedule, make_denoiser
 from .base import Prior, PriorCard
 from .gaussian_mixture import GaussianMixture
+from .latent import LatentPrior, LatentProblem
 from .loaders import list_priors, load_prior
 
-__all__ = ["DDPMSchedule", "GaussianMixture", "Prior", "PriorCard", "list_priors", "load_prior", "make_denoiser"]
+__all__ = ["DDPMSchedule", "GaussianMixture", "LatentPrior", "LatentProblem", "Prior", "PriorCard", "list_priors", "load_prior", "make_denoiser"]

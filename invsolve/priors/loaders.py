@@ -69,10 +69,16 @@ def build_network(card: PriorCard) -> torch.nn.Module:
     return UNet(**card.metadata["network"])
 
 
-def load_state_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``net``, raising an error that lists every missing, unexpected or misshapen key."""
+def load_state_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+                      ignore_missing: tuple[str, ...] = (), assign: bool = False,
+                      what: str = "the architecture of the card") -> None:
+    """Load ``state`` into ``net``, raising an error that lists every missing, unexpected or misshapen key.
+
+    ``ignore_missing`` names buffers of ``net`` that checkpoints do not hold (they keep the
+    network's own values). ``assign=True`` loads into a network built on the meta device.
+    """
     expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(expected) - set(state) - set(ignore_missing))
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
                     for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
@@ -80,8 +86,10 @@ def load_state_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], sour
         parts = [f"{label} ({len(items)}): {', '.join(items[:10])}{' ...' if len(items) > 10 else ''}"
                  for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes))
                  if items]
-        raise ValueError(f"weights in {source} do not match the architecture of the card; " + "; ".join(parts))
-    net.load_state_dict(state)
+        raise ValueError(f"weights in {source} do not match {what}; " + "; ".join(parts))
+    if assign:  # keep each parameter's dtype (checkpoints may be stored in fp16)
+        state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
+    net.load_state_dict(state, strict=not ignore_missing, assign=assign)
 
 
 def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> Prior:

@@ -11,11 +11,18 @@ Objectives:
 
 Adam with a linear warm-up; an exponential moving average (EMA) of the weights is what gets exported.
 
-The run directory holds ``checkpoint.pt`` (network, EMA, optimizer, data-generator
-state, step, wall time, loss history), rewritten atomically every
-``checkpoint_every`` steps, so an interrupted run resumes exactly where it stopped.
-When the run reaches ``steps`` it writes ``weights.safetensors`` (EMA weights) and
-``card.json`` into the output directory.
+Data (``data``, see ``invsolve.priors.datasets``): random-ellipse phantoms, the MNI152 brain recipe,
+or the user's PNG folders, NIfTI volumes, DICOM series and fastMRI HDF5 files, split into training
+and validation by file. Every ``val_every`` steps (and at the end) the EMA network's one-step
+denoising PSNR on the validation slices is measured at the physical noise levels ``val_sigmas``
+(``x + sigma n -> D -> PSNR``, data range 1, fixed seeded noise) and plotted to ``validation.png``.
+
+The run directory holds ``checkpoint.pt`` (network, EMA, optimizer, data- and noise-generator
+states, step, wall time, loss history, validation curve), rewritten atomically every
+``checkpoint_every`` steps, so an interrupted run resumes exactly where it stopped (validation
+draws from its own generator and never perturbs training). When the run reaches ``steps`` it
+writes ``weights.safetensors`` (EMA weights), ``card.json`` and ``validation.png`` into the
+output directory.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from typing import Callable
 
 import torch
 
-from .adapters import EDMDenoiser
+from . import datasets
+from .adapters import EDMDenoiser, make_denoiser
 from .base import PriorCard
 from .unet import UNet
 
@@ -57,19 +65,28 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     threads: int | None = None
+    # data (keys added after the first release; their defaults reproduce the earlier behaviour)
+    data_format: str = "auto"       # "auto" | "images" | "nifti" | "dicom" | "fastmri"
+    representation: str = "magnitude"  # "magnitude" (1 channel) | "complex" (2 channels, fastMRI k-space)
+    slice_axis: str = "axial"       # NIfTI slicing axis after reorientation to RAS
+    window: tuple[float, float] | None = None  # fixed intensity window (e.g. CT HU) -> [0, 1]
+    percentiles: tuple[float, float] = (0.5, 99.5)  # per-volume normalisation when no window
+    min_foreground: float = 0.0     # drop slices with a smaller fraction of pixels above 0.05
+    augment: tuple[str, ...] = ()   # subset of datasets.AUGMENTATIONS
+    val_fraction: float = 0.1       # fraction of files (volumes, series) held out for validation
+    val_every: int = 200            # steps between validation measurements (0: never)
+    val_images: int = 64            # validation slices used (evenly spaced subset)
+    val_sigmas: tuple[float, ...] = (0.05, 0.1, 0.2)  # physical noise levels of the validation PSNR
+
+
+RESUME_FREE_KEYS = ("steps", "checkpoint_every", "threads", "val_every")
+"""Config keys that may change between a run and its resumption (they do not change the training)."""
 
 
 def data_source(config: TrainConfig) -> tuple[Callable[[int, torch.Generator], torch.Tensor], dict]:
-    """Return ``(sample(batch, generator) -> images in [0, 1], description)`` for ``config.data``."""
-    if config.data == "ellipses":
-        from ..phantoms import random_ellipses
-
-        def sample(batch, generator):
-            return random_ellipses(batch, config.size, generator)
-
-        return sample, {"source": "invsolve.phantoms.random_ellipses", "seed": config.seed,
-                        "physical_range": [0.0, 1.0], "note": "fresh phantoms every step (no finite training set)"}
-    raise ValueError(f"unknown training data {config.data!r}; available: 'ellipses'")
+    """Return ``(sample(batch, generator) -> images in physical units, description)`` for ``config.data``."""
+    data = datasets.build(config)
+    return data.sample, data.description
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -121,22 +138,23 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
     if config_path.exists() and ckpt_path.exists():
         saved = {**dataclasses.asdict(TrainConfig()), **json.loads(config_path.read_text())}  # older runs lack newer keys
         mismatch = {k: (saved.get(k), v) for k, v in json.loads(config_json).items()
-                    if k not in ("steps", "checkpoint_every", "threads") and saved.get(k) != v}
+                    if k not in RESUME_FREE_KEYS and saved.get(k) != v}
         if mismatch:
             raise ValueError(f"{run_dir} holds a run with a different configuration {mismatch}; "
                              "use another run directory or the same options")
     _atomic_write_text(config_json, config_path)
 
-    sample, data_info = data_source(config)
+    data = datasets.build(config)
+    sample = data.sample
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
         torch.manual_seed(config.seed)
-        net = UNet(in_channels=1, channels=config.channels, attention=config.attention)
+        net = UNet(in_channels=data.channels, channels=config.channels, attention=config.attention)
     denoiser = EDMDenoiser(net, config.sigma_data)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     data_gen = torch.Generator().manual_seed(config.seed)
     noise_gen = torch.Generator().manual_seed(config.seed + 1)
-    step, wall, history = 0, 0.0, []
+    step, wall, history, val_curve = 0, 0.0, [], []
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)
         net.load_state_dict(state["net"])
@@ -145,12 +163,24 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         data_gen.set_state(state["data_gen"])
         noise_gen.set_state(state["noise_gen"])
         step, wall, history = int(state["step"]), float(state["wall"]), state["history"].tolist()
+        val_curve = state["val"].tolist() if "val" in state else []  # rows: step, PSNR at each val sigma
 
     def save():
         _atomic_save({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                       "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state(),
-                      "step": step, "wall": wall, "history": torch.tensor(history, dtype=torch.float64)},
+                      "step": step, "wall": wall, "history": torch.tensor(history, dtype=torch.float64),
+                      "val": torch.tensor(val_curve, dtype=torch.float64).reshape(-1, 1 + len(config.val_sigmas))},
                      ckpt_path)
+
+    def validate():
+        if data.validation is None or not config.val_sigmas:
+            return
+        if val_curve and int(val_curve[-1][0]) == step:
+            return
+        psnrs = validation_psnr(ema_denoiser(config, ema), data.validation, config.val_sigmas,
+                                data.scale, data.offset, seed=config.seed + 2)
+        val_curve.append([float(step)] + psnrs)
+        plot_training(history, val_curve, config.val_sigmas, run_dir / "validation.png", config.name)
 
     bar = None
     if progress:
@@ -161,7 +191,7 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
     while step < config.steps:
         for group in opt.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
-        x0 = 2 * sample(config.batch, data_gen) - 1  # physical [0, 1] -> model [-1, 1]
+        x0 = data.scale * sample(config.batch, data_gen) + data.offset  # physical -> model space (e.g. [0, 1] -> [-1, 1])
         if config.objective == "flow":
             loss = flow_loss(net, x0, noise_gen)
         else:
@@ -180,6 +210,8 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{sum(history[-100:]) / len(history[-100:]):.4f}")
+        if config.val_every and (step % config.val_every == 0 or step == config.steps):
+            validate()
         if step % config.checkpoint_every == 0 or step == config.steps:
             save()
         if max_seconds is not None and now - started > max_seconds and step < config.steps:
@@ -187,36 +219,111 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
             return None
     if bar is not None:
         bar.close()
-    export(config, ema, out_dir, step, wall, history, data_info)
+    if config.val_every:
+        validate()  # a run that stopped between validations still gets its final figure
+    export(config, ema, out_dir, step, wall, history, data.description, data=data, val_curve=val_curve)
     return out_dir
 
 
+def ema_denoiser(config: TrainConfig, net: torch.nn.Module):
+    """The denoiser ``D(x, sigma)`` the exported prior will have (same adapter as the loader)."""
+    if config.objective == "flow":
+        return make_denoiser("flow-velocity", net)
+    return make_denoiser("edm", net, sigma_data=config.sigma_data)
+
+
+def validation_psnr(denoiser, images: torch.Tensor, sigmas, scale: float, offset: float, seed: int,
+                    batch: int = 32) -> list[float]:
+    """Mean one-step denoising PSNR (data range 1) of ``images`` at each physical noise level.
+
+    The noise is drawn from ``torch.Generator().manual_seed(seed)``, one draw per sigma in order,
+    so the curve compares the same noisy images at every validation step.
+    """
+    from .evaluation import denoise_physical, psnr_per_image
+
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for sigma in sigmas:
+        noise = torch.randn(images.shape, generator=generator)
+        noisy = images + float(sigma) * noise
+        with torch.no_grad():
+            denoised = torch.cat([denoise_physical(denoiser, noisy[i:i + batch], float(sigma), scale, offset)
+                                  for i in range(0, images.shape[0], batch)])
+        out.append(round(float(psnr_per_image(images, denoised).mean()), 4))
+    return out
+
+
+def plot_training(history: list[float], val_curve: list[list[float]], sigmas, path: Path, title: str) -> None:
+    """Write the loss and validation-PSNR curves to ``path`` (PNG, atomically, matplotlib Agg)."""
+    from matplotlib.figure import Figure
+
+    from ..io import save_figure
+
+    figure = Figure(figsize=(9, 3.4))
+    ax_loss, ax_val = figure.subplots(1, 2)
+    if history:
+        window = max(1, min(50, len(history) // 10))
+        smooth = torch.tensor(history, dtype=torch.float64)
+        if window > 1:
+            smooth = torch.nn.functional.avg_pool1d(smooth[None, None], window, stride=1)[0, 0]
+        ax_loss.plot(range(window, len(history) + 1), smooth.tolist(), lw=1)
+    ax_loss.set(xlabel="step", ylabel="training loss (moving mean)", yscale="log", title=title)
+    for k, sigma in enumerate(sigmas):
+        ax_val.plot([row[0] for row in val_curve], [row[1 + k] for row in val_curve], marker="o", ms=3,
+                    label=f"sigma {sigma:g}")
+    ax_val.set(xlabel="step", ylabel="validation denoising PSNR (dB)", title="validation (EMA weights)")
+    if sigmas:
+        ax_val.legend(fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
 def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float, history: list[float],
-           data_info: dict) -> None:
-    """Write ``weights.safetensors`` (EMA) and ``card.json`` into ``out_dir`` atomically."""
+           data_info: dict, data: "datasets.TrainingData | None" = None,
+           val_curve: list[list[float]] | None = None) -> None:
+    """Write ``weights.safetensors`` (EMA), ``card.json`` and ``validation.png`` into ``out_dir`` atomically."""
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tail = history[-200:]
     flow = config.objective == "flow"
+    channels = data.channels if data is not None else 1
+    scale, offset = (data.scale, data.offset) if data is not None else (2.0, -1.0)
+    physical_range = data.physical_range if data is not None else (0.0, 1.0)
+    summary = data.summary if data is not None else "random-ellipse CT phantoms"
+    units = "attenuation" if config.data == "ellipses" else "physical range"
+    metadata = {
+        "architecture": "invsolve.priors.unet.UNet",
+        "network": ema.config,
+        "parameters": sum(p.numel() for p in ema.parameters()),
+        "data": data_info,
+        "recipe": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("threads", "name")},
+        "training": {"steps": step, "wall_seconds": round(wall, 1),
+                     "final_loss_mean_last_200": round(sum(tail) / len(tail), 5),
+                     "torch": torch.__version__, "device": "cpu"},
+    }
+    if val_curve:
+        last = val_curve[-1]
+        metadata["validation"] = {
+            "definition": "mean over validation slices of PSNR(x, D(x + sigma n)) with data range 1, "
+                          "sigma in physical units, EMA weights, fixed seeded noise",
+            "sigmas": list(config.val_sigmas), "step": int(last[0]),
+            "psnr_db": {f"{s:g}": v for s, v in zip(config.val_sigmas, last[1:])},
+            "images": None if data is None or data.validation is None else int(data.validation.shape[0]),
+            "curve": [[int(row[0])] + row[1:] for row in val_curve],
+        }
     card = PriorCard(
         name=config.name, kind="flow" if flow else "diffusion", parameterization="flow-velocity" if flow else "edm",
-        shape=(1, config.size, config.size),
-        scale=2.0, offset=-1.0, sigma_min=config.sigma_min, sigma_max=config.sigma_max,
-        sigma_data=config.sigma_data, physical_range=(0.0, 1.0),
-        description=f"{'Rectified-flow' if flow else 'EDM diffusion'} prior on {config.size}x{config.size} random-ellipse CT phantoms "
-                    "(attenuation in [0, 1]; model space [-1, 1]).",
-        metadata={
-            "architecture": "invsolve.priors.unet.UNet",
-            "network": ema.config,
-            "parameters": sum(p.numel() for p in ema.parameters()),
-            "data": data_info,
-            "recipe": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("threads", "name")},
-            "training": {"steps": step, "wall_seconds": round(wall, 1),
-                         "final_loss_mean_last_200": round(sum(tail) / len(tail), 5),
-                         "torch": torch.__version__, "device": "cpu"},
-        },
+        shape=(channels, config.size, config.size),
+        scale=scale, offset=offset, sigma_min=config.sigma_min, sigma_max=config.sigma_max,
+        sigma_data=config.sigma_data, physical_range=physical_range,
+        description=f"{'Rectified-flow' if flow else 'EDM diffusion'} prior on {config.size}x{config.size} {summary} "
+                    f"({units} in [{physical_range[0]:g}, {physical_range[1]:g}]; model space "
+                    f"[{scale * physical_range[0] + offset:g}, {scale * physical_range[1] + offset:g}]).",
+        metadata=metadata,
     )
+    if val_curve:
+        plot_training(history, val_curve, config.val_sigmas, out_dir / "validation.png", config.name)
     tmp = out_dir / "weights.safetensors.tmp"
     save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp))
     os.replace(tmp, out_dir / "weights.safetensors")

@@ -108,11 +108,17 @@ def sample(name: str, prior, problem, n_samples: int = 1, generator: Generator =
     if not isinstance(generator, (torch.Generator, type(None))) and len(generator) != n_samples:
         raise ValueError(f"got {len(generator)} generators for n_samples={n_samples}; pass one per draw or a single one")
     sampler = configure(name, preset, **overrides)
+    from ..priors.latent import LatentPrior
+
+    if isinstance(prior, LatentPrior):  # sample latents; the problem sees them through the decoder
+        problem = prior.compose(problem)
     x_shape = problem.x_shape or tuple(prior.shape)
     start = time.perf_counter()
     x, nfe = sampler.run(prior, problem, (n_samples * problem.batch, *x_shape), generator, callback)
     seconds = time.perf_counter() - start
-    samples = problem.to_physical(x.detach()).reshape(n_samples, problem.batch, *x_shape)
+    with torch.no_grad():
+        samples = problem.to_physical(x.detach())
+    samples = samples.reshape(n_samples, problem.batch, *samples.shape[1:])
     return Posterior(samples, nfe, seconds, method=name, config=dataclasses.asdict(sampler))
 
 

@@ -42,16 +42,21 @@ def residual_norm(problem, denoised: torch.Tensor, norm: str) -> torch.Tensor:
     raise ValueError(f"norm must be 'l2' or 'l2sq', got {norm!r}")
 
 
-def guided_denoise(prior, problem, x: torch.Tensor, sigma: float, norm: str, clip=None):
-    """``(x0_hat, grad_x loss)`` with ``loss = residual_norm(problem, x0_hat)``: the guidance
-    mechanism shared by DPS-type samplers (gradient through the denoiser, per sample)."""
+def guided_denoise(prior, problem, x: torch.Tensor, sigma: float, norm: str = "l2", clip=None, loss=None):
+    """``(x0_hat, grad_x loss(x0_hat))``: the guidance mechanism shared by DPS-type samplers
+    (gradient through the denoiser, per sample).
+
+    ``loss`` maps the denoised batch to a scalar that sums per-sample terms; by default it
+    is ``residual_norm(problem, x0_hat, norm)`` (DPS). ΠGDM passes ``<v, x0_hat>`` with a
+    fixed ``v``, i.e. a vector-Jacobian product through the denoiser.
+    """
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         denoised = prior(x, sigma)
         if clip is not None:
             denoised = clip(denoised)
-        loss = residual_norm(problem, denoised, norm)
-        (grad,) = torch.autograd.grad(loss, x)
+        value = residual_norm(problem, denoised, norm) if loss is None else loss(denoised)
+        (grad,) = torch.autograd.grad(value, x)
     return denoised.detach(), grad
 
 

@@ -1,0 +1,189 @@
+"""FlowDPS: Flow-Driven Posterior Sampling.
+
+Paper: G. Kim, J. Kim, J. C. Ye (and co-authors), "FlowDPS: Flow-Driven Posterior Sampling for
+Inverse Problems", ICCV 2025.
+Official code: https://github.com/FlowDPS-Inverse/FlowDPS (``sd3_sampler.py::SD3FlowDPS``,
+``solve.py``; commit 8361843).
+
+Update rule (official code, in flow time ``t`` with ``z_t = (1 - t) x0 + t eps``; invsolve's
+VE state is ``x = z / (1 - t)`` at ``sigma = t / (1 - t)``, and ``D(x, sigma)`` is the
+flow-Tweedie clean estimate ``z - t v``):
+
+    x0_hat = D(z_i / (1 - t_i), t_i / (1 - t_i))            clean estimate   (official z0t)
+    eps_hat = (z_i - (1 - t_i) x0_hat) / t_i                 noise estimate   (official z1t)
+    x0y = x0_hat;  K times:  x0y <- x0y - s * grad_x0y L(x0y)              data consistency
+        L = ||y - A(x)||  ("residual"),  ||A^T y - A^T A x||  ("adjoint", official deblur),
+            ||A^+ y - A^+ A x||  ("pinv", official super-resolution); non-squared norms
+    x0y <- (1 - t_i) x0_hat + t_i x0y                        blend
+    n = sqrt(t_{i+1}) eps_hat + sqrt(1 - t_{i+1}) xi,  xi ~ N(0, I)        stochastic noise
+    z_{i+1} = (1 - t_{i+1}) x0y + t_{i+1} n                  (= x0y at the last step, t = 0)
+
+The time grid is SD3's: ``u`` evenly spaced from 1 to 0.002994 (``FlowMatchEulerDiscreteScheduler``
+with the model's shift 3 at construction), then shifted by ``shift`` (FlowDPS sets 4.0):
+``t = shift u / (1 + (shift - 1) u)``, 28 steps. invsolve starts the grid at the prior's largest
+level ``t_max = sigma_max / (1 + sigma_max)`` instead of ``t = 1`` (pure noise, an infinite VE
+sigma) and never goes below the prior's ``sigma_min``.
+
+Where invsolve differs from the official code (see docs/samplers.md):
+
+- None in the step size: with a non-squared norm a gradient step is a displacement of length
+  about ``s`` times the operator's gain, in the units of the estimate; SD3 latents (scaled by the
+  VAE's ``scaling_factor``) and invsolve's model spaces both have unit-order coordinates, so the
+  official ``s = 15`` is used as is (no VP/VE conversion applies: the DC step acts on the clean
+  estimate, not on the noisy state).
+- The official norm is taken over the whole batch (batch size 1 in ``solve.py``); here every
+  posterior sample gets the gradient of its own norm, so batched draws are independent.
+- The measurement noise ``sigma_y`` does not enter the update (officially it does not either;
+  ``solve.py`` hard-codes ``sigma_y = 0.03`` on [-1, 1] images and never passes it on).
+- The norms are taken in the physical units of ``y`` (and of the image for "adjoint"/"pinv"),
+  as in invsolve's DPS; the official code works on [-1, 1] images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from .base import model_clip, randn, register
+
+SD3_U_MIN = 3.0 * 1e-3 / (1 + 2.0 * 1e-3)  # smallest unshifted time of SD3's scheduler (shift 3 at init)
+
+LOSSES = ("residual", "adjoint", "pinv")
+
+
+def shifted_times(steps: int, shift: float, t_max: float, t_min: float, u_min: float = SD3_U_MIN) -> torch.Tensor:
+    """SD3's shifted flow-time grid: ``steps`` times from ``t_max`` down, then 0.
+
+    ``u`` runs evenly from ``unshift(t_max)`` to ``max(u_min, unshift(t_min))`` and is mapped to
+    ``t = shift u / (1 + (shift - 1) u)`` (diffusers ``FlowMatchEulerDiscreteScheduler``).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+
+    def unshift(t):
+        return t / (shift - (shift - 1) * t)
+
+    u_hi = unshift(t_max)
+    u_lo = min(max(u_min, unshift(t_min)), u_hi)
+    u = torch.linspace(u_hi, u_lo, steps, dtype=torch.float64)
+    t = shift * u / (1 + (shift - 1) * u)
+    return torch.cat([t, torch.zeros(1, dtype=torch.float64)])
+
+
+def _image_physics(problem):
+    """The linear physics acting on images: a latent problem's image physics, else the problem's."""
+    physics = problem.physics
+    return getattr(physics, "image_physics", physics)
+
+
+def consistency_loss(problem, x0: torch.Tensor, loss: str) -> torch.Tensor:
+    """Sum over the batch of each sample's non-squared ``||B (y - A(x0))||``.
+
+    ``B`` is the identity (``"residual"``), the adjoint ``A^T`` (``"adjoint"``, official deblurring
+    loss) or the pseudo-inverse ``A^+`` (``"pinv"``, official super-resolution loss) of the
+    image physics.
+    """
+    r = problem.residual(x0)
+    if loss in ("adjoint", "pinv"):
+        from deepinv.physics import LinearPhysics
+
+        physics = _image_physics(problem)
+        if not isinstance(physics, LinearPhysics):
+            raise TypeError(f"FlowDPS loss={loss!r} needs linear physics ({type(physics).__name__} is not a "
+                            "deepinv LinearPhysics); use loss='residual'")
+        r = physics.A_adjoint(r) if loss == "adjoint" else physics.A_dagger(r)
+    elif loss != "residual":
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    r = r.reshape(x0.shape[0], -1)
+    if r.is_complex():
+        r = torch.view_as_real(r).reshape(r.shape[0], -1)
+    return r.pow(2).sum(1).sqrt().sum()
+
+
+def data_consistency(problem, x0: torch.Tensor, step: float, iters: int, loss: str, clip=None) -> torch.Tensor:
+    """``iters`` gradient steps of size ``step`` on ``consistency_loss``, per sample (official
+    ``SD3FlowDPS.data_consistency``); no denoiser evaluation."""
+    x = x0.detach()
+    for _ in range(iters):
+        with torch.enable_grad():
+            x = x.requires_grad_(True)
+            (grad,) = torch.autograd.grad(consistency_loss(problem, x, loss), x)
+        x = (x - step * grad).detach()
+        if clip is not None:
+            x = clip(x)
+    return x
+
+
+@register("flowdps")
+@dataclasses.dataclass(frozen=True)
+class FlowDPS:
+    """FlowDPS (Kim et al., ICCV 2025).
+
+    :param steps: number of flow times = NFE (official: 28, ``solve.py --NFE``).
+    :param step_size: data-consistency step ``s`` (official: 15, ``solve.py --step_size``; the
+        class default of the official ``SD3FlowDPS.sample`` is 30).
+    :param dc_iters: gradient steps per time (official: 3, hard-coded).
+    :param loss: ``"residual"`` ``||y - A(x)||`` (default: defined for every physics, nonlinear and
+        latent included), ``"adjoint"`` ``||A^T(y - A x)||`` (official for deblurring) or
+        ``"pinv"`` ``||A^+(y - A x)||`` (official for super-resolution); all non-squared.
+    :param shift: time shift of the SD3 schedule (official: 4.0).
+    :param clip_denoised: clamp the clean estimates to the prior's data range (official: no clamp;
+        the official estimate is a latent).
+    :param sigma_max: start level (default: the prior's maximum), as a VE sigma.
+    """
+
+    steps: int = 28
+    step_size: float = 15.0
+    dc_iters: int = 3
+    loss: str = "residual"
+    shift: float = 4.0
+    clip_denoised: bool = False
+    sigma_max: float | None = None
+
+    PRESETS = {
+        # official solve.py / sd3_sampler.py: 28 NFE, step 15, 3 DC iterations, shift 4;
+        # SR x12 (avg-pool or bicubic) uses the pseudo-inverse loss, deblurring the adjoint loss
+        "sr12": dict(steps=28, step_size=15.0, dc_iters=3, loss="pinv", shift=4.0),
+        "deblur": dict(steps=28, step_size=15.0, dc_iters=3, loss="adjoint", shift=4.0),
+        # invsolve's 8-view CT on ct-phantom64 (no official CT setting); chosen on
+        # training-distribution phantoms (seed 123), see docs/samplers.md
+        "ct-sparse8": dict(steps=200, step_size=15.0, loss="residual"),
+    }
+
+    def times(self, prior) -> torch.Tensor:
+        """The flow-time grid ``t_0 > ... > t_{steps-1} > 0 = t_steps`` within the prior's range."""
+        sigma_hi = min(self.sigma_max or prior.sigma_max, prior.sigma_max)
+        sigma_lo = prior.sigma_min
+        return shifted_times(self.steps, self.shift, sigma_hi / (1 + sigma_hi), sigma_lo / (1 + sigma_lo))
+
+    def run(self, prior, problem, x_shape, generator, callback=None):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.dc_iters < 0:
+            raise ValueError(f"dc_iters must be >= 0, got {self.dc_iters}")
+        times = self.times(prior).tolist()
+        clip = model_clip(prior, problem) if self.clip_denoised else None
+        z = times[0] * randn(x_shape, generator)  # (1 - t) x0 + t eps with the x0 term dropped, as x = sigma_max eps
+        for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
+            sigma = t / (1 - t)
+            x = z / (1 - t)
+            with torch.no_grad():
+                x0_hat = prior(x, sigma)
+            if clip is not None:
+                x0_hat = clip(x0_hat)
+            eps_hat = (z - (1 - t) * x0_hat) / t
+            x0y = data_consistency(problem, x0_hat, self.step_size, self.dc_iters, self.loss, clip)
+            x0y = (1 - t) * x0_hat + t * x0y
+            if t_next > 0:
+                noise = math.sqrt(t_next) * eps_hat + math.sqrt(1 - t_next) * randn(x_shape, generator)
+                z = (1 - t_next) * x0y + t_next * noise
+            else:
+                z = x0y
+            if callback is not None:
+                callback({"step": i, "steps": len(times) - 1, "sigma": sigma, "x": z / (1 - t_next),
+                          "denoised": x0_hat})
+        return z.detach(), len(times) - 1

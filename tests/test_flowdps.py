@@ -1,0 +1,106 @@
+import pytest
+import torch
+from deepinv.physics import Physics
+
+import invsolve as iv
+import operators as ops
+from invsolve.exactness import exactness_report
+from invsolve.samplers.flowdps import FlowDPS, shifted_times
+
+from helpers import as_kind, linear_problems, measure, mixture, tiny_prior
+
+
+@pytest.mark.parametrize("sigma_y", [0.01, 0.1])
+@pytest.mark.parametrize("name", ["inpainting", "gaussian"])
+def test_flowdps_defaults_approach_exact_posterior(name, sigma_y):
+    gm = mixture()
+    problem = measure(gm, linear_problems()[name], sigma_y)
+    report = exactness_report("flowdps", gm, problem, n=1000)
+    print(f"\nFlowDPS exactness {name} sigma_y={sigma_y}: {report}")
+    assert report["nfe"] == 28
+    assert report["ratio"] <= 0.25
+    assert report["mean_error"] <= 0.25 * report["prior_mean_error"]
+
+
+def test_flow_prior_gives_the_same_samples_as_the_mixture():
+    gm = mixture()
+    problem = measure(gm, linear_problems()["gaussian"], 0.1)
+    plain = iv.sample("flowdps", gm, problem, n_samples=64, generator=torch.Generator().manual_seed(0))
+    flow = iv.sample("flowdps", as_kind(gm, "flow-velocity"), problem, n_samples=64,
+                     generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(flow.samples, plain.samples, rtol=1e-2, atol=1e-2)  # float32 rounding only
+
+
+def test_batched_draws_equal_single_draws_with_same_generators():
+    gm = mixture()
+    problem = measure(gm, linear_problems()["gaussian"], 0.1)
+    gens = lambda: [torch.Generator().manual_seed(10 + j) for j in range(3)]  # noqa: E731
+    together = iv.sample("flowdps", gm, problem, n_samples=3, generator=gens(), steps=20)
+    alone = [iv.sample("flowdps", gm, problem, n_samples=1, generator=[g], steps=20).samples[0] for g in gens()]
+    torch.testing.assert_close(together.samples, torch.stack(alone), rtol=1e-5, atol=1e-5)
+
+
+def test_time_grid_is_sd3_shifted_schedule():
+    # diffusers FlowMatchEulerDiscreteScheduler (SD3: shift 3 at construction, FlowDPS sets 4, 28 steps)
+    u_min = 3 * 1e-3 / (1 + 2 * 1e-3)
+    u = torch.linspace(1.0, u_min, 28, dtype=torch.float64)
+    official = torch.cat([4 * u / (1 + 3 * u), torch.zeros(1, dtype=torch.float64)])
+    torch.testing.assert_close(shifted_times(28, 4.0, 1.0, 0.0), official)
+    assert abs(official[-2].item() - 0.0118694) < 1e-6  # diffusers 0.30.1 gives timesteps[-1] / 1000 = 0.0119
+    gm = mixture()  # sigma in [0.002, 80]: the grid starts at t = 80 / 81 and stays above sigma_min
+    t = FlowDPS().times(gm)
+    assert len(t) == 29 and abs(t[0].item() - 80 / 81) < 1e-12 and t[-1] == 0
+    assert (t[:-1] > 0.002 / 1.002).all() and (t.diff() < 0).all()
+
+
+def test_guidance_reduces_residual_for_nonlinear_physics():
+    class Tanh(Physics):
+        def A(self, x, **kwargs):
+            return torch.tanh(x)
+
+    gm = mixture(d=8, k=2)
+    truth = gm.sample(1, torch.Generator().manual_seed(0))
+    problem = iv.Problem(Tanh(), torch.tanh(truth), sigma_y=0.01)
+    guided = iv.sample("flowdps", gm, problem, n_samples=64, generator=torch.Generator().manual_seed(1))
+    free = iv.sample("flowdps", gm, problem, n_samples=64, generator=torch.Generator().manual_seed(1), step_size=0.0)
+    res = lambda p: float((torch.tanh(p.samples[:, 0]) - torch.tanh(truth)).norm(dim=-1).mean())  # noqa: E731
+    assert res(guided) < 0.5 * res(free)
+    with pytest.raises(TypeError, match="loss='residual'"):
+        iv.sample("flowdps", gm, problem, loss="adjoint", steps=2)
+
+
+@pytest.mark.parametrize("loss", ["adjoint", "pinv"])
+def test_official_losses_on_linear_problems(loss):
+    gm = mixture()
+    problem = measure(gm, linear_problems()["inpainting"], 0.01)
+    report = exactness_report("flowdps", gm, problem, n=200, loss=loss)
+    assert report["mean_error"] <= 0.25 * report["prior_mean_error"]
+
+
+@pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])
+@pytest.mark.parametrize("operator", ["ct", "inpainting", "gaussian-blur"])
+def test_flowdps_smoke_2d_and_3d(shape, dims, operator):
+    if operator == "ct":
+        physics = ops.make("ct", img_size=16, views=4)
+    elif operator == "inpainting":
+        physics = ops.make("inpainting", img_size=shape[1:])
+    else:
+        physics = ops.make("gaussian-blur", std=1.0, kernel_size=5, dims=dims)
+    prior = tiny_prior(shape, dims)
+    truth = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    problem = iv.Problem(physics, physics.A(truth), sigma_y=0.01, prior=prior)
+    steps = []
+    post = iv.sample("flowdps", prior, problem, n_samples=2, generator=torch.Generator().manual_seed(0), steps=4,
+                     callback=steps.append)
+    assert post.samples.shape == (2, 2, *shape)
+    assert torch.isfinite(post.samples).all() and post.nfe == 4 and [s["step"] for s in steps] == [0, 1, 2, 3]
+
+
+def test_presets_and_errors():
+    assert {"sr12", "deblur", "ct-sparse8"} <= set(FlowDPS.PRESETS)
+    assert iv.samplers.configure("flowdps", "deblur").loss == "adjoint"
+    assert iv.samplers.configure("flowdps", "sr12").loss == "pinv"
+    gm = mixture()
+    problem = measure(gm, linear_problems()["gaussian"], 0.1)
+    with pytest.raises(ValueError, match="loss must be"):
+        iv.sample("flowdps", gm, problem, loss="l1", steps=2)
