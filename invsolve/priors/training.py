@@ -136,7 +136,8 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         raise ValueError(f"objective must be 'edm' or 'flow', got {config.objective!r}")
     config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
     if config_path.exists() and ckpt_path.exists():
-        saved = {**dataclasses.asdict(TrainConfig()), **json.loads(config_path.read_text())}  # older runs lack newer keys
+        defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))  # as JSON: tuples become lists
+        saved = {**defaults, **json.loads(config_path.read_text())}  # older runs lack newer keys
         mismatch = {k: (saved.get(k), v) for k, v in json.loads(config_json).items()
                     if k not in RESUME_FREE_KEYS and saved.get(k) != v}
         if mismatch:
