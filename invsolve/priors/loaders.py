@@ -1,10 +1,26 @@
-"""Load priors: invsolve's own format (safetensors weights + JSON card).
+"""Load priors: invsolve's own format and the field's real checkpoints, never executing pickled code.
 
-A prior directory holds ``card.json`` (a ``PriorCard``) and ``weights.safetensors``.
-Shipped priors live in ``data/priors/<name>/`` of the repository; ``INVSOLVE_PRIORS``
-(a ``os.pathsep``-separated list of folders) adds more search locations. Weights are
-never unpickled: safetensors only, every key and shape checked, and the file's sha256
-compared with the card when the card records one.
+``load_prior(path_or_name, format=None, **options)`` reads
+
+=================  =============================================================  ===========================
+format             what                                                           module
+=================  =============================================================  ===========================
+``invsolve``       folder with ``card.json`` + ``weights.safetensors`` (or a       this file
+                   shipped / ``INVSOLVE_PRIORS`` name)
+``adm``            guided-diffusion ADM UNet state dict (``ffhq_10m.pt``,          ``checkpoints.adm``
+                   ``256x256_diffusion_uncond.pt``)
+``score_sde``      score_sde NCSN++ continuous-VE checkpoint (``checkpoint_185.pth``  ``checkpoints.score_sde``
+                   of MCG / DiffusionMBIR: model + EMA + optimizer + step)
+``edm``            EDM SongUNet state dict (exported from an NVlabs/edm pickle)    ``checkpoints.edm``
+``diffusers-unet`` diffusers ``UNet2DModel`` pipeline or model folder              ``checkpoints.diffusers``
+``diffusers-sd3``  diffusers SD3-class pipeline folder (transformer + VAE)         ``checkpoints.diffusers``
+=================  =============================================================  ===========================
+
+The format is detected from the file or folder (``format=`` overrides). Files are read with
+``torch.load(weights_only=True)`` or safetensors only (``checkpoints.io``); every key and shape is
+checked; ``sha256=`` checks the file; a download happens only with ``download=True`` (Hugging Face
+Hub, ``repo_id=``). Shipped priors live in ``data/priors/<name>/`` of the repository;
+``INVSOLVE_PRIORS`` (a ``os.pathsep``-separated list of folders) adds more search locations.
 """
 
 from __future__ import annotations
@@ -92,12 +108,10 @@ def load_state_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], sour
     net.load_state_dict(state, strict=not ignore_missing, assign=assign)
 
 
-def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu", verify: bool = True) -> Prior:
-    """Load a prior by shipped name (e.g. ``"ct-phantom64"``) or from a folder with ``card.json``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _load_invsolve(folder: Path, verify: bool = True, sha256_expected: str | None = None,
+                   name: str | None = None) -> Prior:
+    from .checkpoints.io import check_sha256, read_safetensors
 
-    folder = resolve(name_or_path)
     card_path, weights_path = folder / "card.json", folder / "weights.safetensors"
     if not card_path.is_file() or not weights_path.is_file():
         raise FileNotFoundError(f"{folder} must hold card.json and weights.safetensors")
@@ -109,13 +123,146 @@ def load_prior(name_or_path: str | Path, device: str | torch.device = "cpu", ver
     if verify and expected_hash and sha256(weights_path) != expected_hash:
         raise ValueError(f"{weights_path} does not match the sha256 recorded in its card (corrupted or replaced file); "
                          "restore the file or pass verify=False")
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError) as err:
-        raise ValueError(f"{weights_path} is not a readable safetensors file: {err}") from err
+    check_sha256(weights_path, sha256_expected)
+    state = read_safetensors(weights_path)  # CorruptCheckpointError (a ValueError) if truncated or corrupted
     net = build_network(card)
     load_state_strict(net, state, str(weights_path))
     net.eval().requires_grad_(False)
+    if name:
+        card.name = name
     options = {"sigma_data": card.sigma_data} if card.parameterization == "edm" else {}
-    prior = Prior(make_denoiser(card.parameterization, net, **options), card)
+    return Prior(make_denoiser(card.parameterization, net, **options), card)
+
+
+FORMATS = ("invsolve", "adm", "score_sde", "edm", "diffusers-unet", "diffusers-sd3")
+# Options each format accepts (besides format, sha256, download, repo_id, filename, revision, cache_dir, device, verify, name).
+OPTIONS = {"invsolve": set(), "adm": {"config"}, "score_sde": {"config", "ema"},
+           "edm": {"config", "sigma_data", "sigma_min", "sigma_max"}, "diffusers-unet": {"scheduler"},
+           "diffusers-sd3": {"prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds",
+                             "negative_pooled_prompt_embeds", "guidance_scale", "zero_conditioning", "image_size"}}
+
+
+def _download(repo_id: str, filename: str | None, revision: str | None, cache_dir: str | None) -> Path:
+    try:
+        import huggingface_hub
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("download=True needs huggingface_hub: pip install invsolve[diffusers]") from err
+    if filename:
+        return Path(huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir))
+    return Path(huggingface_hub.snapshot_download(repo_id, revision=revision, cache_dir=cache_dir))
+
+
+def detect_format(path: Path, obj=None) -> str:
+    """The checkpoint format of ``path`` (a folder, or a file whose safely-read content is ``obj``)."""
+    from .checkpoints.adm import is_adm_state
+    from .checkpoints.diffusers import detect
+    from .checkpoints.edm import is_edm_state
+    from .checkpoints.score_sde import is_score_sde
+
+    if path.is_dir():
+        if (path / "card.json").is_file():
+            return "invsolve"
+        found = detect(path)
+        if found:
+            return found
+        raise ValueError(f"{path}: unknown prior folder (no card.json, model_index.json, or diffusers config.json "
+                         f"naming UNet2DModel); pass format= one of {FORMATS}")
+    if isinstance(obj, dict):
+        if is_score_sde(obj):
+            return "score_sde"
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            if is_adm_state(obj):
+                return "adm"
+            if is_edm_state(obj):
+                return "edm"
+        keys = list(obj)[:8]
+        raise ValueError(f"{path}: unknown architecture (first keys: {keys}); known checkpoint layouts: guided-diffusion "
+                         "ADM, score_sde NCSN++, EDM SongUNet, diffusers folders, invsolve cards; pass format= if "
+                         "it is one of these")
+    raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint dict; pass format=")
+
+
+def load_prior(name_or_path: str | Path | None = None, device: str | torch.device = "cpu", verify: bool = True, *,
+               format: str | None = None, sha256: str | None = None, download: bool = False,
+               repo_id: str | None = None, filename: str | None = None, revision: str | None = None,
+               cache_dir: str | None = None, name: str | None = None, **options) -> Prior:
+    """Load a prior by shipped name (e.g. ``"ct-phantom64"``), folder or checkpoint file.
+
+    :param name_or_path: a shipped/user prior name, an invsolve prior folder, a checkpoint file
+        (``.pt``/``.pth``/``.safetensors``) or a diffusers folder. May be omitted with ``repo_id``.
+    :param format: one of :data:`FORMATS`; detected from the file or folder when omitted.
+    :param sha256: expected sha256 of the checkpoint file (hex); a mismatch raises ``ValueError``.
+    :param download: fetch ``repo_id`` (and ``filename``, at ``revision``) from the Hugging Face Hub
+        when the path does not exist locally. Nothing is ever downloaded without it.
+    :param verify: check an invsolve card's recorded sha256.
+    :param name: name written into the prior's card (default: the file or folder name).
+    :param options: format options (``config``, ``ema``, ``scheduler``, ``prompt_embeds``, ...; see
+        :data:`OPTIONS` and docs/priors-loaders); an option the format does not take raises ``TypeError``.
+    """
+    from .checkpoints.io import check_sha256, read_any
+
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; choose one of {FORMATS}")
+    path = Path(name_or_path) if name_or_path is not None else None
+    if path is None or not path.exists():
+        known = list_priors()
+        if name_or_path is not None and str(name_or_path) in known and format in (None, "invsolve"):
+            path = known[str(name_or_path)]
+        elif repo_id is not None:
+            if not download:
+                raise FileNotFoundError(f"{name_or_path or repo_id!r} is not a local file; invsolve downloads only when "
+                                        f"asked: pass download=True to fetch {repo_id!r} from the Hugging Face Hub")
+            path = _download(repo_id, filename, revision, cache_dir)
+        elif name_or_path is None:
+            raise ValueError("give a prior name or path, or repo_id= with download=True")
+        else:
+            raise FileNotFoundError(
+                f"no prior named or found at {str(name_or_path)!r}; shipped and user priors: "
+                f"{', '.join(sorted(known)) or 'none'} (searched {', '.join(map(str, prior_dirs()))}); to fetch a "
+                "checkpoint from the Hugging Face Hub pass repo_id=..., filename=... and download=True")
+    if path.is_file() and path.name == "card.json":
+        path = path.parent
+    obj = None
+    if path.is_file():
+        check_sha256(path, sha256)
+        obj = read_any(path)
+    elif sha256 and format not in (None, "invsolve") and not (path / "card.json").is_file():
+        raise ValueError("sha256= checks a single checkpoint file; for a folder check each file's sha256 yourself")
+    fmt = format or detect_format(path, obj)
+    accepted = OPTIONS[fmt]
+    unknown = set(options) - accepted
+    if unknown:
+        raise TypeError(f"format {fmt!r} does not take option(s) {sorted(unknown)}; it takes "
+                        f"{sorted(accepted) or 'none'} (plus format, sha256, download, repo_id, filename, revision, "
+                        "cache_dir, device, verify, name)")
+    if fmt == "invsolve":
+        if not path.is_dir():
+            raise ValueError(f"format 'invsolve' is a folder with card.json and weights.safetensors, not the file {path}")
+        prior = _load_invsolve(path, verify=verify, sha256_expected=sha256, name=name)
+    elif fmt in ("diffusers-unet", "diffusers-sd3"):
+        if not path.is_dir():
+            raise ValueError(f"format {fmt!r} is a diffusers folder, not the file {path}")
+        from .checkpoints import diffusers as hf
+
+        prior = hf.load_unet(path, name=name, **options) if fmt == "diffusers-unet" else hf.load_sd3(path, name=name, **options)
+    else:
+        if obj is None:
+            raise ValueError(f"format {fmt!r} is a checkpoint file, not the folder {path}")
+        if fmt == "adm":
+            from .checkpoints.adm import load_adm
+            from .checkpoints.io import check_finite, tensors_only
+
+            state = tensors_only(obj, str(path))
+            check_finite(state, str(path))
+            prior = load_adm(state, path, name=name, **options)
+        elif fmt == "score_sde":
+            from .checkpoints.score_sde import load_score_sde
+
+            prior = load_score_sde(obj, path, name=name, **options)
+        else:
+            from .checkpoints.edm import load_edm
+
+            prior = load_edm(obj, path, name=name, **options)
+    if sha256:
+        prior.card.metadata["sha256"] = sha256.lower().strip()
     return prior.to(device)
