@@ -23,14 +23,62 @@ def _train(args) -> int:
 
     config = TrainConfig(name=args.name, objective=args.objective, data=args.data, size=args.size, channels=tuple(args.channels),
                          attention=tuple(args.attention), batch=args.batch, steps=args.steps, lr=args.lr,
-                         ema_decay=args.ema_decay, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                         threads=args.threads)
+                         warmup=args.warmup, ema_decay=args.ema_decay, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every, threads=args.threads,
+                         data_format=args.data_format, representation=args.representation,
+                         slice_axis=args.slice_axis, window=tuple(args.window) if args.window else None,
+                         percentiles=tuple(args.percentiles), min_foreground=args.min_foreground,
+                         augment=tuple(args.augment), val_fraction=args.val_fraction, val_every=args.val_every,
+                         val_images=args.val_images, val_sigmas=tuple(args.val_sigmas))
     run_dir = args.run_dir or f"runs/{args.name}"
-    out = train(config, run_dir, args.out or run_dir, progress=not args.quiet, max_seconds=args.max_seconds)
+    out = train(config, run_dir, args.out or run_dir, progress=not args.quiet, max_seconds=args.max_seconds,
+                evaluate=not args.no_evaluate)
     if out is None:
         print(f"stopped after --max-seconds; run the same command again to resume from {run_dir}/checkpoint.pt")
     else:
-        print(f"wrote {out}/weights.safetensors and {out}/card.json")
+        print(f"wrote {out}/weights.safetensors, {out}/card.json" + (" and validation.png" if config.val_every else ""))
+        evaluation = _read_card(out).metadata.get("evaluation")
+        if evaluation:
+            print(_format_evaluation(evaluation))
+    return 0
+
+
+def _format_evaluation(result: dict) -> str:
+    if "skipped" in result:
+        return f"held-out evaluation skipped: {result['skipped']}"
+    lines = [f"held-out denoising at sigma {result['sigma']:g} ({result['images']} images): prior "
+             f"{result['prior_psnr_db']:.2f} dB, TV {result['tv_psnr_db']:.2f} dB (weight {result['tv_weight']:g}), "
+             f"gain {result['gain_db']:+.2f} dB; noisy input {result['noisy_psnr_db']:.2f} dB"]
+    for name, part in result.get("sets", {}).items():
+        lines.append(f"  {name}: {part['images']} images, prior {part['prior_psnr_db']:.2f} dB, "
+                     f"TV {part['tv_psnr_db']:.2f} dB, gain {part['gain_db']:+.2f} dB")
+    return "\n".join(lines)
+
+
+def _evaluate(args) -> int:
+    import json
+
+    from .priors.evaluation import evaluate_files, evaluate_prior, record_evaluation
+    from .priors.loaders import load_prior, resolve
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.write_card and args.data and not args.tune_data:
+        raise ValueError("--write-card with --data needs --tune-data too (scans disjoint from the evaluated ones), "
+                         "so the recorded figure does not depend on a half split")
+    prior = load_prior(args.prior)
+    if args.data:
+        result = evaluate_files(prior, args.data, args.tune_data, sigma=args.sigma, seed=args.seed,
+                                max_images=args.images, tune=args.tune)
+    else:
+        result = evaluate_prior(prior, n=args.images, sigma=args.sigma, seed=args.seed, tune=args.tune)
+    print(_format_evaluation(result))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    if args.write_card:
+        print(f"recorded in {record_evaluation(resolve(args.prior), result)}")
     return 0
 
 
@@ -116,13 +164,41 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", default=t.name)
     train.add_argument("--objective", choices=["edm", "flow"], default=t.objective,
                        help="edm: diffusion prior (EDM); flow: rectified-flow prior (default: %(default)s)")
-    train.add_argument("--data", default=t.data, help="training data (default: %(default)s: random-ellipse CT phantoms)")
+    train.add_argument("--data", default=t.data,
+                       help="'ellipses' (random-ellipse CT phantoms, the default), 'mni152' (MRI brain recipe on "
+                            "nilearn's MNI152 templates), or a folder, file or glob of PNG/JPEG/TIFF images, NIfTI "
+                            "volumes, DICOM series or fastMRI HDF5 files")
+    train.add_argument("--data-format", choices=["auto", "images", "nifti", "dicom", "fastmri"], default=t.data_format,
+                       help="format of --data files (default: %(default)s, from the suffixes)")
+    train.add_argument("--representation", choices=["magnitude", "complex"], default=t.representation,
+                       help="fastMRI: RSS magnitude (1 channel) or complex images (2 channels) (default: %(default)s)")
+    train.add_argument("--slice-axis", choices=["axial", "coronal", "sagittal"], default=t.slice_axis,
+                       help="NIfTI slicing axis after reorientation to RAS (default: %(default)s)")
+    train.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"), default=t.window,
+                       help="fixed intensity window mapped to [0, 1] (e.g. CT HU -1000 1000); default: per-volume percentiles")
+    train.add_argument("--percentiles", type=float, nargs=2, metavar=("LO", "HI"), default=list(t.percentiles),
+                       help="per-volume percentiles mapped to [0, 1] (default: %(default)s)")
+    train.add_argument("--min-foreground", type=float, default=t.min_foreground,
+                       help="drop slices with a smaller fraction of pixels above 0.05 (default: %(default)s)")
+    train.add_argument("--augment", nargs="*", default=list(t.augment),
+                       choices=["flip", "vflip", "rotate", "scale", "gamma", "intensity"],
+                       help="augmentations drawn from the run's generator (default: none)")
+    train.add_argument("--val-fraction", type=float, default=t.val_fraction,
+                       help="fraction of files (volumes, DICOM series) held out for validation (default: %(default)s)")
+    train.add_argument("--val-every", type=int, default=t.val_every,
+                       help="steps between validation PSNR measurements, 0 for none (default: %(default)s)")
+    train.add_argument("--val-images", type=int, default=t.val_images, help="validation slices used (default: %(default)s)")
+    train.add_argument("--val-sigmas", type=float, nargs="+", default=list(t.val_sigmas),
+                       help="noise levels of the validation PSNR, physical units (default: %(default)s)")
+    train.add_argument("--no-evaluate", action="store_true",
+                       help="skip the final held-out evaluation against TV at sigma 0.1 (recorded in the card)")
     train.add_argument("--size", type=int, default=t.size)
     train.add_argument("--channels", type=int, nargs="+", default=list(t.channels))
     train.add_argument("--attention", type=int, nargs="*", default=list(t.attention))
     train.add_argument("--batch", type=int, default=t.batch)
     train.add_argument("--steps", type=int, default=t.steps)
     train.add_argument("--lr", type=float, default=t.lr)
+    train.add_argument("--warmup", type=int, default=t.warmup, help="linear learning-rate warm-up steps (default: %(default)s)")
     train.add_argument("--ema-decay", type=float, default=t.ema_decay)
     train.add_argument("--seed", type=int, default=t.seed)
     train.add_argument("--checkpoint-every", type=int, default=t.checkpoint_every)
@@ -140,6 +216,27 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show a prior's card (shipped name or folder)")
     info.add_argument("prior")
     info.set_defaults(func=_info)
+
+    ev = sub.add_parser("evaluate", help="held-out one-step denoising PSNR of a prior against a tuned TV denoiser")
+    ev.add_argument("prior", help="prior name or folder")
+    ev.add_argument("--data", default=None,
+                    help="held-out scans (folder, file or glob, read with the prior's recipe); default: the "
+                         "prior's built-in held-out data (ellipses, mni152, or its validation files)")
+    ev.add_argument("--tune-data", default=None,
+                    help="scans that tune TV's weight (default with --data: half of --data's files, split by file)")
+    ev.add_argument("--sigma", type=float, default=0.1, help="noise std in physical units (default: %(default)s)")
+    ev.add_argument("--images", type=int, default=32, help="evaluation images at most (default: %(default)s)")
+    ev.add_argument("--tune", type=int, default=8, help="TV tuning images (default: %(default)s)")
+    ev.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
+    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ev.add_argument("--write-card", action="store_true",
+                    help="record the result in the prior's card.json (metadata.evaluation); weights untouched")
+    ev.add_argument("--json", action="store_true", help="also print the full result as JSON")
+    ev.set_defaults(func=_evaluate)
+
+    from .fastmri.commands import add_parsers as add_fastmri_parsers  # bench fastmri|report, fastmri synth
+
+    add_fastmri_parsers(sub)
     return parser
 
 

@@ -6,7 +6,7 @@ Sources (``--data``):
 - a folder, file or glob of **images** (PNG, JPEG, TIFF, ...; Pillow), **NIfTI** volumes
   (``.nii``/``.nii.gz``; nibabel), **DICOM** series (pydicom) or **fastMRI HDF5** files (h5py);
 - ``mni152``: the MRI brain recipe on nilearn's offline MNI152 2009a templates (T1, grey- and
-  white-matter maps), validated on a different brain (nibabel's ``anatomical.nii``).
+  white-matter maps), validated on different brains (nibabel's ``anatomical.nii`` and ``example4d.nii.gz``).
 
 Every file source goes through the same pipeline, once, at start-up (the slices are kept in memory):
 
@@ -35,6 +35,7 @@ resample bilinearly with zero padding.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob as globlib
 import math
 import os
@@ -55,7 +56,7 @@ SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 VALIDATION_SEED = 2_000_003
 """Seed of the ellipse validation phantoms (distinct from training seed 0 and held-out seed 1_000_003)."""
 MNI152_FOV_MM = (64.0, 192.0)
-"""Field of view of the mni152 training crops (log-uniform), in mm; the held-out brain is seen at 64 mm."""
+"""Field of view of the mni152 training crops (log-uniform), in mm; the held-out brains are seen at 64 and 192 mm."""
 
 
 @dataclasses.dataclass
@@ -75,6 +76,11 @@ class TrainingData:
     physical_range: tuple[float, float]
     summary: str
     description: dict
+    fingerprint: str | None = None
+    """Identifies the training files (names and sizes); a resumed run refuses other files."""
+    slices: torch.Tensor | None = None
+    """The training slices before augmentation, for sources with a finite set: (N, C, size, size) for
+    files, the 1 mm template slices (N, 1, 233, 197) that ``mni152`` cuts its crops from."""
 
 
 @dataclasses.dataclass
@@ -134,8 +140,13 @@ def _foreground_filter(slices: torch.Tensor, min_foreground: float) -> torch.Ten
     return slices[keep]
 
 
-def _radiological_slices(volume: np.ndarray, axis: int) -> np.ndarray:
-    """Slices of a RAS volume along ``axis`` as (n, rows, cols), displayed with rows from the top down."""
+def _display_slices(volume: np.ndarray, axis: int) -> np.ndarray:
+    """Slices of a RAS volume along ``axis`` as (n, rows, cols) for display.
+
+    Rows run from the top down (superior or anterior at the top); columns follow the first
+    remaining RAS axis (for axial slices: the patient's left on the image left, the neurological
+    convention).
+    """
     moved = np.moveaxis(volume, axis, 0)  # (n, a, b) with a, b the remaining RAS axes
     return np.ascontiguousarray(np.flip(np.swapaxes(moved, 1, 2), axis=1))
 
@@ -180,7 +191,7 @@ def read_nifti(path: Path, slice_axis: str = "axial", window=None, percentiles=(
     slices = []
     for t in range(data.shape[3]):  # each 3D volume of a 4D series is normalised on its own
         volume = normalize(data[..., t], window, percentiles)
-        slices.append(_radiological_slices(volume, SLICE_AXES[slice_axis]))
+        slices.append(_display_slices(volume, SLICE_AXES[slice_axis]))
     return Unit(path.name, torch.from_numpy(np.concatenate(slices))[:, None])
 
 
@@ -211,6 +222,9 @@ def read_dicom_series(paths: list[Path], window=None, percentiles=(0.5, 99.5)) -
         items.sort(key=position)
         frames = []
         for path, ds in items:
+            if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+                raise ValueError(f"{path}: colour DICOM ({ds.SamplesPerPixel} samples per pixel); "
+                                 "invsolve trains on grayscale scans only")
             pixels = ds.pixel_array.astype(np.float64)
             pixels = pixels * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
             if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
@@ -258,13 +272,16 @@ def _centre_crop(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def read_fastmri(path: Path, representation: str = "magnitude", percentiles=(0.5, 99.5)) -> Unit:
     """A fastMRI HDF5 file: ``reconstruction_rss`` (magnitude) or complex images from ``kspace``.
 
-    Magnitude: the ``reconstruction_rss`` target (or, when absent, the RSS of the k-space images
-    centre-cropped to a square). Complex: per-slice centred orthonormal inverse FFT of ``kspace``
-    ((S, H, W) single coil, or (S, C, H, W) combined by ``combine_coils``), centre-cropped to the
-    RSS target's size when the file has one.
+    Magnitude: the ``reconstruction_rss`` target, or, when the file has none, the root sum of
+    squares over coils of the k-space images (centred orthonormal inverse FFT, fastMRI's
+    ``ifft2c``). Complex: per-slice ``ifft2c`` of ``kspace`` ((S, H, W) single coil, or
+    (S, C, H, W) combined by ``combine_coils``), centre-cropped to the RSS target's size when the
+    file has one. k-space is read one slice at a time, so memory stays at one slice's worth.
     """
     import h5py
 
+    if representation not in ("magnitude", "complex"):
+        raise ValueError(f"representation must be 'magnitude' or 'complex', got {representation!r}")
     with h5py.File(path, "r") as f:
         if "kspace" not in f and "reconstruction_rss" not in f:
             raise ValueError(f"{path} has neither 'kspace' nor 'reconstruction_rss'; keys: {sorted(f.keys())}")
@@ -273,18 +290,23 @@ def read_fastmri(path: Path, representation: str = "magnitude", percentiles=(0.5
             return Unit(path.name, torch.from_numpy(normalize(f["reconstruction_rss"][()], None, percentiles))[:, None])
         if "kspace" not in f:
             raise ValueError(f"{path} has no 'kspace': complex images need k-space (use --representation magnitude)")
-        kspace = f["kspace"][()]
-    if kspace.ndim not in (3, 4) or not np.iscomplexobj(kspace):
-        raise ValueError(f"{path}: 'kspace' must be complex (slices, H, W) or (slices, coils, H, W), "
-                         f"got {kspace.dtype} {kspace.shape}")
-    images = centred_ifft2(kspace)
+        kspace = f["kspace"]
+        if kspace.ndim not in (3, 4) or kspace.dtype.kind != "c":
+            raise ValueError(f"{path}: 'kspace' must be complex (slices, H, W) or (slices, coils, H, W), "
+                             f"got {kspace.dtype} {kspace.shape}")
+        images = []
+        for k in range(kspace.shape[0]):
+            image = centred_ifft2(kspace[k])  # (H, W) or (C, H, W)
+            if representation == "magnitude":
+                image = np.sqrt((np.abs(image) ** 2).sum(axis=0)) if image.ndim == 3 else np.abs(image)
+            else:
+                image = combine_coils(image[None])[0] if image.ndim == 3 else image
+                if target_shape is not None:
+                    image = _centre_crop(image, target_shape)
+            images.append(image)
+    images = np.stack(images)
     if representation == "magnitude":
-        rss = np.sqrt((np.abs(images) ** 2).sum(axis=1)) if images.ndim == 4 else np.abs(images)
-        return Unit(path.name, torch.from_numpy(normalize(rss, None, percentiles))[:, None])
-    if images.ndim == 4:
-        images = combine_coils(images)
-    if target_shape is not None:
-        images = _centre_crop(images, target_shape)
+        return Unit(path.name, torch.from_numpy(normalize(images, None, percentiles))[:, None])
     images = normalize_complex(images, percentiles[1])
     return Unit(path.name, torch.from_numpy(np.stack([images.real, images.imag], axis=1).astype(np.float32)))
 
@@ -491,13 +513,18 @@ def file_data(config) -> TrainingData:
                        "files": _names(units, val_idx)},
         "physical_range": list(physical_range),
     }
+    import hashlib
+
+    _, files = find_files(config.data, config.data_format)
+    listing = "\n".join(f"{p.resolve()}\t{p.stat().st_size}" for p in files)
+    fingerprint = hashlib.sha256(listing.encode()).hexdigest()
     what = "complex (real, imaginary)" if complex_data else "magnitude"
     summary = f"{what} slices of {len(train_idx)} {data_format} {'series' if data_format == 'dicom' else 'files'} from {config.data}"
     return TrainingData(sample=slices_sampler(train, augment, complex_data, physical_range),
                         validation=None if val is None else _validation_subset(val, config.val_images),
                         channels=2 if complex_data else 1, scale=1.0 if complex_data else 2.0,
                         offset=0.0 if complex_data else -1.0, physical_range=physical_range,
-                        summary=summary, description=description)
+                        summary=summary, description=description, fingerprint=fingerprint, slices=train)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -540,25 +567,56 @@ MNI152_FILES = tuple(f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz" for
 
 
 def mni152_volumes(percentiles=(0.5, 99.5)) -> list[Unit]:
-    """nilearn's MNI152 2009a T1, grey- and white-matter templates (1 mm), as axial slices in [0, 1]."""
-    return [read_nifti(_package_file("nilearn", "datasets", "data", name), "axial", None, percentiles)
-            for name in MNI152_FILES]
+    """nilearn's MNI152 2009a T1, grey- and white-matter templates (1 mm), as axial slices in [0, 1].
 
-
-def brain_heldout(size: int = 64, percentiles=(0.5, 99.5), fov_mm: float = 64.0) -> torch.Tensor:
-    """Held-out brain for the mni152 prior: every axial slice of nibabel's ``anatomical.nii``.
-
-    A real T1 brain (33 x 41 x 25 voxels of 2 mm, a crop around the ventricles), normalised like the
-    training volumes (per-volume percentiles), centre-cropped to ``fov_mm`` (64 mm = 32 voxels) and
-    resized to ``size`` x ``size``; returns (25, 1, size, size).
+    Read once per process and percentiles (cached; callers must not modify the tensors in place).
     """
-    unit = read_nifti(_package_file("nibabel", "tests", "data", "anatomical.nii"), "axial", None, percentiles)
-    side = int(round(fov_mm / 2.0))
-    return square_resize(_centre_crop(unit.slices, (side, side)), size)
+    return list(_mni152_volumes(tuple(float(p) for p in percentiles)))
+
+
+@functools.lru_cache(maxsize=1)
+def _mni152_volumes(percentiles: tuple[float, float]) -> tuple[Unit, ...]:
+    return tuple(read_nifti(_package_file("nilearn", "datasets", "data", name), "axial", None, percentiles)
+                 for name in MNI152_FILES)
+
+
+HELDOUT_BRAINS = {
+    "anatomical.nii": "a real T1 brain, 33 x 41 x 25 voxels of 2 mm (a crop around the ventricles); "
+                      "all 25 axial slices, central 64 mm field of view",
+    "example4d.nii.gz": "a real EPI (T2*-weighted) series, 128 x 96 x 24 voxels of 2 x 2 x 2.2 mm, 2 volumes; "
+                        "axial slices of their mean with at least 15% foreground, central 192 mm field of view",
+}
+"""The held-out brains of the ``mni152`` prior (nibabel's test data); never used in training."""
+
+
+def brain_heldout_sets(size: int = 64, percentiles=(0.5, 99.5)) -> dict[str, torch.Tensor]:
+    """Held-out brains for the ``mni152`` prior, each as (n, 1, size, size) in [0, 1].
+
+    Two real scans of individual brains (``HELDOUT_BRAINS``; not templates, and not the MNI152
+    files the prior trains on), normalised
+    like the training volumes (per-volume percentiles): ``anatomical.nii`` centre-cropped to 64 mm
+    (32 voxels) and ``example4d.nii.gz`` (mean of its two volumes) centre-cropped to a 192 mm
+    square (96 voxels), both resized to ``size`` x ``size``.
+    """
+    import nibabel as nib
+
+    anatomical = read_nifti(_package_file("nibabel", "tests", "data", "anatomical.nii"), "axial", None, percentiles)
+    path = _package_file("nibabel", "tests", "data", "example4d.nii.gz")
+    image = nib.as_closest_canonical(nib.load(str(path)))
+    mean = np.asarray(image.dataobj, dtype=np.float32).mean(axis=-1)
+    epi = torch.from_numpy(_display_slices(normalize(mean, None, percentiles), SLICE_AXES["axial"]))[:, None]
+    epi = _foreground_filter(epi, 0.15)
+    return {"anatomical.nii": square_resize(_centre_crop(anatomical.slices, (32, 32)), size),
+            "example4d.nii.gz": square_resize(epi, size)}
+
+
+def brain_heldout(size: int = 64, percentiles=(0.5, 99.5)) -> torch.Tensor:
+    """All held-out brain slices of ``brain_heldout_sets``, concatenated in its order."""
+    return torch.cat(list(brain_heldout_sets(size, percentiles).values()))
 
 
 def mni152_data(config) -> TrainingData:
-    """Random crops of MNI152 axial slices; validation on the held-out brain (``brain_heldout``).
+    """Random crops of MNI152 axial slices; validation on the held-out brains (``brain_heldout``).
 
     Each draw: a training slice (T1, GM or WM map; slices with less than ``max(min_foreground, 0.15)``
     foreground dropped), a field of view log-uniform in ``MNI152_FOV_MM`` (64 mm, the held-out scale,
@@ -600,14 +658,15 @@ def mni152_data(config) -> TrainingData:
         "slices": {"train": int(slices.shape[0]), "axis": "axial", "min_foreground": min_fg},
         "crops": f"field of view log-uniform in {list(MNI152_FOV_MM)} mm, resampled to {config.size}x{config.size}",
         "augment": list(augment),
-        "validation": {"source": "nibabel/tests/data/anatomical.nii (a different brain, 2 mm)",
+        "validation": {"source": {f"nibabel/tests/data/{k}": v for k, v in HELDOUT_BRAINS.items()},
                        "slices": None if validation is None else int(validation.shape[0]),
-                       "field_of_view_mm": 64.0},
+                       "note": "different brains, never used in training; monitoring only (no model selection)"},
         "physical_range": [0.0, 1.0],
     }
     return TrainingData(sample=sample, validation=validation, channels=1, scale=2.0, offset=-1.0,
                         physical_range=physical_range,
-                        summary="crops of axial MNI152 T1/GM/WM template slices (nilearn)", description=description)
+                        summary="crops of axial MNI152 T1/GM/WM template slices (nilearn)", description=description,
+                        slices=slices)
 
 
 def build(config) -> TrainingData:

@@ -15,15 +15,21 @@ PSNR uses data range 1 (the physical range of [0, 1] images; for complex priors 
 magnitude) and is averaged over images; neither output is clipped. Noise comes from
 ``torch.Generator().manual_seed(seed)`` (evaluation) and ``seed + 1`` (tuning).
 
-``evaluate_prior(name)`` measures a shipped prior on its held-out data (``heldout_data``):
-``ct-phantom64``-style ellipse priors on ``invsolve.phantoms.heldout_phantoms``, the ``mni152``
-brain prior on nibabel's ``anatomical.nii`` (``datasets.brain_heldout``).
+``evaluate_prior(name)`` measures a prior trained by ``invsolve train`` on its held-out data
+(``heldout_data``): ellipse priors (``ct-phantom64``) on ``invsolve.phantoms.heldout_phantoms``,
+the ``mni152`` brain prior on nibabel's ``anatomical.nii`` and ``example4d.nii.gz``
+(``datasets.brain_heldout_sets``), a prior trained on files on the validation files of its
+recipe's split (held out by file). ``record_evaluation(folder, result)`` writes the figure into
+the prior's ``card.json`` (``metadata.evaluation``) without touching the weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+from pathlib import Path
 
 import torch
 
@@ -75,11 +81,12 @@ def tune_tv_weight(images: torch.Tensor, sigma: float, seed: int, grid=DEFAULT_T
 
 def denoise_vs_tv(prior, images: torch.Tensor, sigma: float = 0.1, seed: int = 0,
                   tune_images: torch.Tensor | None = None, tv_weight: float | None = None,
-                  batch: int = 32) -> dict:
+                  batch: int = 32, groups: dict[str, int] | None = None) -> dict:
     """Denoising PSNR of ``prior`` (one step) and of TV on ``images`` (physical units) at noise ``sigma``.
 
     TV's weight is ``tv_weight`` when given, else tuned on ``tune_images`` (required then; keep it
-    disjoint from ``images``). Returns a JSON-ready dict with both PSNRs and the gain in dB.
+    disjoint from ``images``). ``groups`` (name -> number of consecutive images) adds per-group
+    means under ``"sets"``. Returns a JSON-ready dict with both PSNRs and the gain in dB.
     """
     if tuple(images.shape[1:]) != tuple(prior.shape):
         raise ValueError(f"images of shape {tuple(images.shape[1:])} do not match the prior's shape {tuple(prior.shape)}")
@@ -93,15 +100,28 @@ def denoise_vs_tv(prior, images: torch.Tensor, sigma: float = 0.1, seed: int = 0
     with torch.no_grad():
         denoised = torch.cat([denoise_physical(prior, noisy[i:i + batch], sigma, card.scale, card.offset)
                               for i in range(0, images.shape[0], batch)])
-    prior_psnr = float(psnr_per_image(images, denoised).mean())
-    tv_psnr = float(psnr_per_image(images, tv_denoise(noisy, tv_weight)).mean())
-    return {"sigma": sigma, "images": int(images.shape[0]), "seed": seed,
-            "prior_psnr_db": round(prior_psnr, 3), "tv_psnr_db": round(tv_psnr, 3),
-            "gain_db": round(prior_psnr - tv_psnr, 3), "tv_weight": round(float(tv_weight), 6),
-            "noisy_psnr_db": round(float(psnr_per_image(images, noisy).mean()), 3),
-            "tune_images": None if tune_images is None else int(tune_images.shape[0]),
-            "definition": "mean PSNR (data range 1) of the prior's one-step denoiser D(y, scale*sigma) and of "
-                          "deepinv TVDenoiser (weight tuned on separate images) on y = x + sigma n, physical units"}
+    prior_psnrs = psnr_per_image(images, denoised)
+    tv_psnrs = psnr_per_image(images, tv_denoise(noisy, tv_weight))
+    noisy_psnrs = psnr_per_image(images, noisy)
+    prior_psnr, tv_psnr = float(prior_psnrs.mean()), float(tv_psnrs.mean())
+    result = {"sigma": sigma, "images": int(images.shape[0]), "seed": seed,
+              "prior_psnr_db": round(prior_psnr, 3), "tv_psnr_db": round(tv_psnr, 3),
+              "gain_db": round(prior_psnr - tv_psnr, 3), "tv_weight": round(float(tv_weight), 6),
+              "noisy_psnr_db": round(float(noisy_psnrs.mean()), 3),
+              "tune_images": None if tune_images is None else int(tune_images.shape[0]),
+              "definition": "mean PSNR (data range 1) of the prior's one-step denoiser D(y, scale*sigma) and of "
+                            "deepinv TVDenoiser (weight tuned on separate images) on y = x + sigma n, physical units"}
+    if groups:
+        if sum(groups.values()) != images.shape[0]:
+            raise ValueError(f"groups {groups} do not add up to the {images.shape[0]} images")
+        result["sets"], start = {}, 0
+        for name, count in groups.items():
+            part = slice(start, start + count)
+            p, t = float(prior_psnrs[part].mean()), float(tv_psnrs[part].mean())
+            result["sets"][name] = {"images": count, "prior_psnr_db": round(p, 3), "tv_psnr_db": round(t, 3),
+                                    "gain_db": round(p - t, 3)}
+            start += count
+    return result
 
 
 def _recipe_config(card, **overrides):
@@ -112,69 +132,125 @@ def _recipe_config(card, **overrides):
     return TrainConfig(**{**recipe, "name": card.name, **overrides})
 
 
-def heldout_data(card, n: int = 8, tune: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def heldout_data(card, n: int = 32, tune: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """``(evaluation images, TV tuning images, description)`` for a prior trained by ``invsolve train``.
 
-    ellipses: the first ``n`` held-out phantoms; tuning: ``tune`` phantoms of the validation stream.
-    mni152: all 25 axial slices of nibabel's ``anatomical.nii`` (``n`` ignored); tuning: ``tune``
-    training-distribution crops of the MNI152 templates without augmentation (seeded).
+    - ellipses: the first ``n`` held-out phantoms (``heldout_phantoms``); tuning: ``tune`` phantoms
+      of the validation stream;
+    - mni152: the held-out brains ``datasets.brain_heldout_sets`` (all their slices; ``n`` ignored);
+      tuning: ``tune`` training-distribution crops of the MNI152 templates without augmentation;
+    - files: up to ``n`` evenly spaced slices of the validation files of the recipe's split (the
+      files must still be at the recorded path); tuning: ``tune`` training slices without augmentation.
+
+    The description's ``"groups"`` gives the number of images of each held-out set, in order.
     """
     from . import datasets
 
     source = card.metadata.get("recipe", {}).get("data")
     size = card.shape[-1]
+    tune_generator = torch.Generator().manual_seed(seed + 7)
     if source == "ellipses":
         from ..phantoms import HELDOUT_SEED, heldout_phantoms, random_ellipses
 
         images = heldout_phantoms(n, size)
         tune_images = random_ellipses(tune, size, torch.Generator().manual_seed(datasets.VALIDATION_SEED))
-        return images, tune_images, {"source": f"invsolve.phantoms.heldout_phantoms (seed {HELDOUT_SEED})",
-                                     "tv_tuning": f"random_ellipses seed {datasets.VALIDATION_SEED}"}
+        return images, tune_images, {"source": f"invsolve.phantoms.heldout_phantoms (seed {HELDOUT_SEED}), "
+                                               "never used in training",
+                                     "tv_tuning": f"{tune} random_ellipses of seed {datasets.VALIDATION_SEED}"}
     if source == "mni152":
         config = _recipe_config(card, augment=(), val_images=0)
-        images = datasets.brain_heldout(size, tuple(config.percentiles))
-        tune_images = datasets.mni152_data(config).sample(tune, torch.Generator().manual_seed(seed + 7))
-        return images, tune_images, {"source": "nibabel/tests/data/anatomical.nii, all axial slices, 64 mm field of view",
-                                     "tv_tuning": f"{tune} MNI152 training crops (seed {seed + 7}, no augmentation)"}
-    raise ValueError(f"prior {card.name!r} was trained on {source!r}: no built-in held-out set; "
-                     "use evaluate_files(prior, data) with your own held-out scans")
+        sets = datasets.brain_heldout_sets(size, tuple(config.percentiles))
+        tune_images = datasets.mni152_data(config).sample(tune, tune_generator)
+        return torch.cat(list(sets.values())), tune_images, {
+            "source": {f"nibabel/tests/data/{k}": v for k, v in datasets.HELDOUT_BRAINS.items()},
+            "note": "different brains from the MNI152 templates the prior was trained on",
+            "tv_tuning": f"{tune} MNI152 training crops (seed {seed + 7}, no augmentation)",
+            "groups": {k: int(v.shape[0]) for k, v in sets.items()}}
+    if source is None:
+        raise ValueError(f"prior {card.name!r} has no training recipe in its card: no built-in held-out set; "
+                         "use evaluate_files(prior, data) with your own held-out scans")
+    config = _recipe_config(card, augment=(), val_images=n)
+    built = datasets.file_data(config)
+    if built.validation is None:
+        raise ValueError(f"prior {card.name!r} was trained on all of {source!r} (no validation files): "
+                         "evaluate it on other scans with evaluate_files(prior, data) / invsolve evaluate --data")
+    return built.validation, built.sample(tune, tune_generator), {
+        "source": f"validation files of {source!r} (split by file, seed {config.seed}, "
+                  f"val_fraction {config.val_fraction}): {built.description['validation']['files']}",
+        "tv_tuning": f"{tune} training slices (seed {seed + 7}, no augmentation)"}
 
 
-def evaluate_prior(prior_or_name, n: int = 8, sigma: float = 0.1, seed: int = 0, tune: int = 8) -> dict:
-    """``denoise_vs_tv`` of a shipped prior on its held-out data, with the data described."""
+def evaluate_prior(prior_or_name, n: int = 32, sigma: float = 0.1, seed: int = 0, tune: int = 8) -> dict:
+    """``denoise_vs_tv`` of a prior trained by ``invsolve train`` on its held-out data (``heldout_data``).
+
+    The result records ``n``, ``tune`` and ``seed`` so ``evaluate_prior(name, **recorded)`` re-measures
+    the same figure.
+    """
     from .loaders import load_prior
 
-    prior = load_prior(prior_or_name) if isinstance(prior_or_name, str) else prior_or_name
+    prior = load_prior(prior_or_name) if isinstance(prior_or_name, (str, Path)) else prior_or_name
     images, tune_images, info = heldout_data(prior.card, n, tune, seed)
-    result = denoise_vs_tv(prior, images, sigma=sigma, seed=seed, tune_images=tune_images)
+    groups = info.pop("groups", None)
+    result = denoise_vs_tv(prior, images, sigma=sigma, seed=seed, tune_images=tune_images, groups=groups)
     return {**result, "data": info, "n_requested": n, "tune_requested": tune}
 
 
-def evaluate_files(prior, data: str, tune_data: str | None = None, sigma: float = 0.1, seed: int = 0,
-                   max_images: int = 64) -> dict:
+def record_evaluation(folder: str | Path, result: dict) -> Path:
+    """Write ``result`` into ``folder/card.json`` as ``metadata.evaluation`` (atomically).
+
+    The weights are not touched; when the card records a sha256 the weights file is checked
+    against it first, so a figure is never recorded for other weights.
+    """
+    from .base import PriorCard
+    from .loaders import sha256
+
+    folder = Path(folder)
+    card_path = folder / "card.json"
+    card = PriorCard.from_dict(json.loads(card_path.read_text()))
+    recorded = card.metadata.get("sha256")
+    if recorded is not None and (folder / "weights.safetensors").is_file():
+        actual = sha256(folder / "weights.safetensors")
+        if actual != recorded:
+            raise ValueError(f"{folder}/weights.safetensors has sha256 {actual}, the card records {recorded}: "
+                             "refusing to record an evaluation for other weights")
+    card.metadata["evaluation"] = result
+    tmp = card_path.with_name(card_path.name + ".tmp")
+    tmp.write_text(card.to_json() + "\n")
+    os.replace(tmp, card_path)
+    return card_path
+
+
+def evaluate_files(prior_or_name, data: str, tune_data: str | None = None, sigma: float = 0.1, seed: int = 0,
+                   max_images: int = 64, tune: int = 16) -> dict:
     """``denoise_vs_tv`` on the user's held-out scans, read with the prior's training recipe.
 
-    Without ``tune_data`` the files of ``data`` are split in half by file (seeded): one half tunes
-    TV's weight, the other is evaluated.
+    ``data`` (and ``tune_data``) is a folder, file or glob as for ``invsolve train``; the slices are
+    normalised, cropped and resized as the prior's recipe says (``size`` from the prior). Up to
+    ``max_images`` evenly spaced slices are evaluated. Without ``tune_data`` the files of ``data``
+    are split in half by file (seeded): one half tunes TV's weight (``tune`` slices), the other is
+    evaluated; pass ``tune_data`` to evaluate every file of ``data``.
     """
     from . import datasets
+    from .loaders import load_prior
 
-    def slices(path, val_fraction):
-        config = _recipe_config(prior.card, data=path, augment=(), val_fraction=val_fraction, val_images=max_images,
-                                seed=seed, size=prior.shape[-1])
-        return datasets.file_data(config), config
+    prior = load_prior(prior_or_name) if isinstance(prior_or_name, (str, Path)) else prior_or_name
+
+    def config_for(path, val_fraction):
+        return _recipe_config(prior.card, data=str(path), augment=(), val_fraction=val_fraction,
+                              val_images=max_images, seed=seed, size=prior.shape[-1])
 
     if tune_data is None:
-        built, _ = slices(data, 0.5)
+        built = datasets.file_data(config_for(data, 0.5))
         if built.validation is None:
             raise ValueError("need at least 2 files to split into tuning and evaluation halves; or pass tune_data")
         images = built.validation
-        tune_images = built.sample(min(max_images, 16), torch.Generator().manual_seed(seed + 7))
+        tune_images = built.sample(tune, torch.Generator().manual_seed(seed + 7))
     else:
-        images = datasets._validation_subset(torch.cat(_all_slices(slices(data, 0.0)[1])), max_images)
-        tune_images = datasets._validation_subset(torch.cat(_all_slices(slices(tune_data, 0.0)[1])), 16)
+        images = datasets._validation_subset(torch.cat(_all_slices(config_for(data, 0.0))), max_images)
+        tune_images = datasets._validation_subset(torch.cat(_all_slices(config_for(tune_data, 0.0))), tune)
     result = denoise_vs_tv(prior, images, sigma=sigma, seed=seed, tune_images=tune_images)
-    return {**result, "data": {"source": data, "tv_tuning": tune_data or "the other half of the files (split by file)"}}
+    return {**result, "data": {"source": str(data),
+                               "tv_tuning": str(tune_data) if tune_data else "the other half of the files (split by file)"}}
 
 
 def _all_slices(config) -> list[torch.Tensor]:

@@ -22,7 +22,9 @@ states, step, wall time, loss history, validation curve), rewritten atomically e
 ``checkpoint_every`` steps, so an interrupted run resumes exactly where it stopped (validation
 draws from its own generator and never perturbs training). When the run reaches ``steps`` it
 writes ``weights.safetensors`` (EMA weights), ``card.json`` and ``validation.png`` into the
-output directory.
+output directory, then measures the exported prior's held-out denoising PSNR against a tuned TV
+denoiser at sigma = 0.1 (``invsolve.priors.evaluation``) and records it in the card. A resumed run
+on files checks that the training files (names and sizes) are the ones it started with.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -119,11 +122,13 @@ def flow_loss(net, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 
 
 def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None = None,
-          progress: bool = True, max_seconds: float | None = None) -> Path | None:
+          progress: bool = True, max_seconds: float | None = None, evaluate: bool = True) -> Path | None:
     """Train (or resume) the prior described by ``config``.
 
     Returns the output directory once ``config.steps`` are done, or None when stopped
-    early by ``max_seconds`` (the checkpoint then holds the progress).
+    early by ``max_seconds`` (the checkpoint then holds the progress). With ``evaluate`` the
+    exported prior's held-out denoising PSNR against TV at sigma = 0.1
+    (``evaluation.evaluate_prior``) is recorded in its card as ``metadata.evaluation``.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -165,12 +170,17 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         noise_gen.set_state(state["noise_gen"])
         step, wall, history = int(state["step"]), float(state["wall"]), state["history"].tolist()
         val_curve = state["val"].tolist() if "val" in state else []  # rows: step, PSNR at each val sigma
+        recorded = state.get("data_fingerprint")  # absent in checkpoints of older versions
+        if recorded is not None and data.fingerprint is not None and recorded != data.fingerprint:
+            raise ValueError(f"the training files under {config.data!r} changed since {run_dir} was started "
+                             "(names or sizes differ): restore them or start a new run directory")
 
     def save():
         _atomic_save({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                       "data_gen": data_gen.get_state(), "noise_gen": noise_gen.get_state(),
                       "step": step, "wall": wall, "history": torch.tensor(history, dtype=torch.float64),
-                      "val": torch.tensor(val_curve, dtype=torch.float64).reshape(-1, 1 + len(config.val_sigmas))},
+                      "val": torch.tensor(val_curve, dtype=torch.float64).reshape(-1, 1 + len(config.val_sigmas)),
+                      **({"data_fingerprint": data.fingerprint} if data.fingerprint else {})},
                      ckpt_path)
 
     def validate():
@@ -222,8 +232,29 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         bar.close()
     if config.val_every:
         validate()  # a run that stopped between validations still gets its final figure
-    export(config, ema, out_dir, step, wall, history, data.description, data=data, val_curve=val_curve)
+    export(config, ema, out_dir, step, wall, history, data.description, data=data, val_curve=val_curve,
+           curve_png=run_dir / "validation.png")
+    if evaluate:
+        evaluate_export(out_dir, config)
     return out_dir
+
+
+def evaluate_export(out_dir: Path, config: TrainConfig) -> dict:
+    """Measure the exported prior on its held-out data and record it in ``out_dir/card.json``.
+
+    Priors trained on files without a validation split have no held-out data: the card then says
+    so (``metadata.evaluation.skipped``); evaluate them with ``invsolve evaluate --data``.
+    """
+    from .evaluation import evaluate_prior, record_evaluation
+    from .loaders import load_prior
+
+    if config.data not in ("ellipses", "mni152") and config.val_fraction == 0:
+        result = {"skipped": "trained on every file (val_fraction 0): no held-out files; "
+                             "run invsolve evaluate PRIOR --data HELD_OUT_SCANS --write-card"}
+    else:
+        result = evaluate_prior(load_prior(out_dir))
+    record_evaluation(out_dir, result)
+    return result
 
 
 def ema_denoiser(config: TrainConfig, net: torch.nn.Module):
@@ -281,8 +312,12 @@ def plot_training(history: list[float], val_curve: list[list[float]], sigmas, pa
 
 def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float, history: list[float],
            data_info: dict, data: "datasets.TrainingData | None" = None,
-           val_curve: list[list[float]] | None = None) -> None:
-    """Write ``weights.safetensors`` (EMA), ``card.json`` and ``validation.png`` into ``out_dir`` atomically."""
+           val_curve: list[list[float]] | None = None, curve_png: Path | None = None) -> None:
+    """Write ``weights.safetensors`` (EMA), ``card.json`` and ``validation.png`` into ``out_dir`` atomically.
+
+    ``curve_png``: an up-to-date plot of ``history`` and ``val_curve`` (the run folder's) to copy
+    instead of drawing it again.
+    """
     from safetensors.torch import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,7 +327,7 @@ def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float
     scale, offset = (data.scale, data.offset) if data is not None else (2.0, -1.0)
     physical_range = data.physical_range if data is not None else (0.0, 1.0)
     summary = data.summary if data is not None else "random-ellipse CT phantoms"
-    units = "attenuation" if config.data == "ellipses" else "physical range"
+    units = "attenuation" if config.data == "ellipses" else "normalised intensity"
     metadata = {
         "architecture": "invsolve.priors.unet.UNet",
         "network": ema.config,
@@ -301,7 +336,7 @@ def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float
         "recipe": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("threads", "name")},
         "training": {"steps": step, "wall_seconds": round(wall, 1),
                      "final_loss_mean_last_200": round(sum(tail) / len(tail), 5),
-                     "torch": torch.__version__, "device": "cpu"},
+                     "torch": torch.__version__, "device": "cpu", "threads": torch.get_num_threads()},
     }
     if val_curve:
         last = val_curve[-1]
@@ -324,7 +359,14 @@ def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float
         metadata=metadata,
     )
     if val_curve:
-        plot_training(history, val_curve, config.val_sigmas, out_dir / "validation.png", config.name)
+        target = out_dir / "validation.png"
+        if curve_png is not None and curve_png.is_file():
+            if curve_png.resolve() != target.resolve():
+                tmp = target.with_name(target.name + ".tmp")
+                shutil.copyfile(curve_png, tmp)
+                os.replace(tmp, target)
+        else:
+            plot_training(history, val_curve, config.val_sigmas, target, config.name)
     tmp = out_dir / "weights.safetensors.tmp"
     save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp))
     os.replace(tmp, out_dir / "weights.safetensors")
