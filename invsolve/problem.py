@@ -91,7 +91,7 @@ class Problem:
         otherwise ``iters`` conjugate-gradient steps on the normal equations started at 0 (which
         stay in the row space of ``M`` and so converge to the minimum-norm solution). Each sample
         (row of ``r``) has its own CG steps and stops on its own once its residual falls below
-        ``tol`` times its start, so a batch gives the same result as its rows one at a time.
+        ``tol`` (at least ten machine epsilons of the dtype) times its start, so a batch gives the same result as its rows one at a time.
         """
         from deepinv.physics import DecomposablePhysics
 
@@ -113,6 +113,7 @@ class Problem:
         x = torch.zeros_like(b)
         res, p = b.clone(), b.clone()
         rs = dot(res, res)
+        tol = max(tol, 10 * torch.finfo(b.dtype).eps)  # below rounding, CG stalls then diverges (float32)
         stop = tol ** 2 * rs
         for _ in range(iters):
             active = rs > stop

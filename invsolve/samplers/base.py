@@ -123,11 +123,15 @@ def sample(name: str, prior, problem, n_samples: int = 1, generator: Generator =
 
 
 def randn(shape: Sequence[int], generator: Generator, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Standard normal noise; with a list of generators, draw j's rows come from generator j only."""
+    """Standard normal noise; with a list of generators, draw j's rows come from generator j only.
+
+    ``device`` defaults to the generator's device (a CUDA generator draws on its GPU)."""
     if generator is None or isinstance(generator, torch.Generator):
+        device = device if device is not None or generator is None else generator.device
         return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
     per = shape[0] // len(generator)
-    return torch.cat([torch.randn((per, *shape[1:]), generator=g, dtype=dtype, device=device) for g in generator])
+    return torch.cat([torch.randn((per, *shape[1:]), generator=g, dtype=dtype,
+                                  device=device if device is not None else g.device) for g in generator])
 
 
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:

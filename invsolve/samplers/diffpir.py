@@ -2,27 +2,34 @@
 
 Paper: Y. Zhu, K. Zhang, J. Liang, J. Cao, B. Wen, R. Timofte, L. Van Gool, "Denoising
 Diffusion Models for Plug-and-Play Image Restoration", CVPR Workshops (NTIRE) 2023.
-Official code: https://github.com/yuanzhi-zhu/DiffPIR (``main_ddpir.py``, ``configs/*.yaml``,
-``main_ddpir_{deblur,sisr,inpainting}.py``).
+Official code: https://github.com/yuanzhi-zhu/DiffPIR (commit 111d26e: ``main_ddpir.py`` with
+``configs/{deblur,sisr,inpaint}.yaml``, and ``main_ddpir_{deblur,sisr,inpainting}.py``).
 
-Update rule (official code, written in invsolve's VE coordinates; see docs/samplers.md):
+Update rule (official code, DiffPIR branch with ``eta = 0``, written in invsolve's VE
+coordinates; see docs/samplers.md):
 
-    x0_hat   = D(x_i, sigma_i)                                        (prior sub-problem)
-    x0_y     = argmin_x ||y - A(x)||^2 + rho_i ||x - x0_hat||^2       (data sub-problem)
-    eps_hat  = (x_i - x0_y) / sigma_i
-    x_{i+1}  = x0_y + sigma_{i+1} (sqrt(1 - zeta) eps_hat + sqrt(zeta) z),   z ~ N(0, I)
+    x_0      = sigma_0 z
+    for each level sigma_i > sigma_{i+1} (quad grid; the last level sigma_{N-1} ~ 0.01, then 0):
+        x0_hat   = D(x_i, sigma_i)                                            (prior sub-problem)
+        x0_y     = argmin_x ||y - forward(x)||^2 + rho_i ||x - x0_hat||^2      (data sub-problem)
+        eps_hat  = (x_i - x0_y) / sigma_i
+        x_{i+1}  = x0_y + sigma_{i+1} (sqrt(1 - zeta) eps_hat + sqrt(zeta) z)
+    return x0_y of the last level
 
-with ``rho_i = lambda * sigma_y^2 / sigma_i^2``. The official code solves the data step for
-images in [0, 1] (physical units, noise level ``sigma_y`` on that scale) while ``sigma_i`` is
-the diffusion noise of the [-1, 1] model space; invsolve keeps exactly that: the proximal
-objective is written in physical units, i.e. ``rho_model = rho_i / scale^2`` in model space,
-so the official ``lambda`` carries over unchanged for priors with the same data map. For a
-prior with ``scale = 1`` (e.g. a Gaussian mixture), ``lambda = 1`` is the Gaussian
-approximation ``p(x0 | x_i) ~ N(x0_hat, sigma_i^2 I)`` of the posterior. ``sigma_i`` is
-``sqrt(1 - abar_t) / sqrt(abar_t)``, which is the VE noise level itself, so no VP rescaling
-is needed; the zeta-mixed DDIM step above is the official VP step divided by ``sqrt(abar)``.
-The data step is solved in closed form for decomposable physics (masks, MRI) and by
-conjugate gradients in model space otherwise (``linalg.prox_data``).
+with ``rho_i = lambda * max(sigma_y, 0.001)^2 / sigma_i^2 / scale^2``. The official code solves
+the data step for images in [0, 1] (the physical units, where ``sigma_y`` lives) while
+``sigma_i`` is the noise level of the [-1, 1] model space; the same objective written in model
+space has ``rho / scale^2``, so official ``lambda`` values carry over for priors with the same
+data map. ``sigma_i = sqrt(1 - abar_t) / sqrt(abar_t)`` is the VE noise level itself, and the
+zeta-mixed step above is the official VP step divided by ``sqrt(abar_{t-1})``.
+
+Where invsolve differs (docs/samplers.md): the official loop skips the data step at the last
+level and outputs the state ``x`` there (noise ~0.01, the last denoiser call unused); invsolve
+returns that level's ``x0_y``. The official start adds a task-shaped O(1) image (``y``, the
+bicubic upsampling of ``y`` or the masked ``y``) to noise of standard deviation ~157; invsolve
+starts from the noise alone. The data step is solved exactly for decomposable physics (masks,
+Cartesian MRI) and small dense problems, by ``cg_iters`` conjugate-gradient steps otherwise
+(``linalg.LinearPart``), instead of the official per-task FFT / mask formulas.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import math
 import torch
 
 from .base import randn, register, sigma_grid
-from .linalg import _require_linear, prox_data
+from .linalg import LinearPart, _require_linear
 
 
 def quad_ddpm_sigmas(steps: int, prior, sigma_max: float | None = None, timesteps: int = 1000) -> torch.Tensor:
@@ -54,20 +61,23 @@ def quad_ddpm_sigmas(steps: int, prior, sigma_max: float | None = None, timestep
 @register("diffpir")
 @dataclasses.dataclass(frozen=True)
 class DiffPIR:
-    """DiffPIR (Zhu et al., CVPRW 2023): HQS plug-and-play inside diffusion sampling.
+    """DiffPIR (Zhu et al., CVPRW 2023): HQS plug-and-play inside diffusion sampling, linear
+    physics only (``TypeError`` otherwise).
 
-    :param steps: number of noise levels = NFE (official: 100; 20 for inpainting).
-    :param lambda_: data-step weight ``lambda`` in ``rho = lambda sigma_y^2 / sigma^2``
-        (official deblurring: 7, i.e. ``configs/deblur.yaml`` lambda 1 times the sweep
-        factor 7 in ``main_ddpir.py``; inpainting 1).
+    :param steps: number of noise levels = NFE (official ``iter_num``: 100 for deblurring and
+        super-resolution, 20 for inpainting).
+    :param lambda_: data-step weight ``lambda`` in ``rho = lambda sigma_y^2 / sigma^2`` (official
+        deblurring: 7 = ``lambda_`` 1 of ``configs/deblur.yaml`` times the factor 7 of the sweep
+        in ``main_ddpir.py``; inpainting 1; super-resolution: swept over 2..12, no single value).
     :param zeta: share of fresh noise in the re-noising step, 0 = DDIM, 1 = all fresh noise
-        (official deblurring 0.3 = 0.1 x sweep factor 3; super-resolution 0.25; inpainting 1).
+        (official deblurring 0.3 = ``zeta`` 0.1 times the sweep factor 3; super-resolution 0.25;
+        inpainting 1).
     :param schedule: ``"quad"`` (official ``skip_type``), ``"ddpm"`` (uniform DDPM respacing)
         or ``"karras"`` (EDM grid).
     :param sigma_y_floor: lower bound on the ``sigma_y`` used in ``rho`` (official
         ``max(0.001, noise_level_img)``: noiseless problems get a near-hard projection).
-    :param cg_iters: conjugate-gradient iterations of the data step for physics without a
-        closed form (CT, blur with non-circular padding).
+    :param cg_iters: conjugate-gradient iterations of the data step for physics without an exact
+        solve (CT, blur on large images).
     :param sigma_max: start level (default: the prior's maximum).
     """
 
@@ -82,13 +92,13 @@ class DiffPIR:
     PRESETS = {
         # official code (main_ddpir.py task branches + configs/*.yaml), sigma_y = 12.75/255 on [0, 1]
         "deblur": dict(steps=100, lambda_=7.0, zeta=0.3),
-        # configs/sisr.yaml: zeta 0.25; lambda is swept over 2..12 in main_ddpir.py (no single
-        # value fixed in code); 6 is the middle of that sweep
+        # configs/sisr.yaml: 100 steps, zeta 0.25; lambda is swept over 2..12 in main_ddpir.py
+        # (no single value fixed in the code): 6, the middle of that sweep, is invsolve's choice
         "sr4": dict(steps=100, lambda_=6.0, zeta=0.25),
-        # configs/inpaint.yaml: noiseless, 20 NFE
+        # configs/inpaint.yaml: noiseless, 20 NFE, lambda 1, zeta 1
         "inpainting": dict(steps=20, lambda_=1.0, zeta=1.0),
-        # invsolve's 8-view CT on ct-phantom64 (no official setting); chosen on
-        # training-distribution phantoms, see docs/samplers.md
+        # invsolve's 8-view CT on ct-phantom64 (no official setting): the deblurring setting,
+        # checked on training-distribution phantoms (seed 123), see docs/samplers.md
         "ct-sparse8": dict(steps=100, lambda_=7.0, zeta=0.3),
     }
 
@@ -107,12 +117,13 @@ class DiffPIR:
         _require_linear(problem, "DiffPIR's closed-form data step")
         sigmas = self.sigmas(prior)
         sigma_y = max(problem.sigma_y, self.sigma_y_floor)
+        lin = LinearPart(problem, x_shape, iters=self.cg_iters)
         x = sigmas[0] * randn(x_shape, generator)
         for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+            rho = self.lambda_ * sigma_y ** 2 / sigma ** 2 / problem.scale ** 2
             with torch.no_grad():
                 denoised = prior(x, sigma)
-            rho = self.lambda_ * sigma_y ** 2 / sigma ** 2 / problem.scale ** 2
-            x0_y = prox_data(problem, denoised, rho, iters=self.cg_iters)
+                x0_y = lin.project(denoised, problem.tiled_y(x.shape[0]), rho)
             if sigma_next > 0:
                 eps_hat = (x - x0_y) / sigma
                 noise = randn(x_shape, generator)

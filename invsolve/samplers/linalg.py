@@ -22,6 +22,7 @@ matched sample-major to the ``B`` measurements, as in ``Problem.residual``.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -122,3 +123,90 @@ def likelihood_score(problem, x: torch.Tensor, c: float, noise_var: float, iters
     ``log N(y; forward(x), noise_var I + c M M^T)`` (its covariance held fixed)."""
     r = problem.residual(x)
     return problem.adjoint(solve_measurement(problem, r, c, noise_var, iters, tol)).to(x.dtype)
+
+
+# ---- one problem's linear part, set up once per sampler run ---------------------------------
+
+DENSE_MAX = 1024
+
+
+class LinearPart:
+    """The model-space linear part ``M`` of ``problem.forward`` (``forward(x) = M x + c``), set
+    up once per sampler run, with the solves that projection and closed-form-likelihood
+    samplers need. The backend is chosen once:
+
+    - ``"svd"``: a ``deepinv`` ``DecomposablePhysics`` (``A = U diag(s) V^*``: inpainting
+      masks, Cartesian MRI, ...), exact;
+    - ``"dense"``: real physics whose per-sample model dimension is at most ``dense_max``:
+      ``M`` is assembled from ``d`` forward calls on the basis vectors and factored by a thin
+      SVD in float64, exact (the official DMPS code, too, works with the SVD of ``A``);
+    - ``"cg"``: any other ``LinearPhysics`` (CT, blur, large images): conjugate gradients with
+      ``iters`` steps per solve, each posterior sample on its own.
+
+    ``x_shape`` is the model batch shape ``(N, *sample_shape)``; the physics must act on each
+    batch row alike (as every sampler assumes when it tiles ``y``).
+    """
+
+    def __init__(self, problem, x_shape, iters: int = CG_ITERS, tol: float = CG_TOL, dense_max: int = DENSE_MAX):
+        _require_linear(problem, "LinearPart")
+        self.problem, self.iters, self.tol = problem, iters, tol
+        self.sample_shape = tuple(x_shape[1:])
+        self.backend = "cg"
+        if _decomposable(problem) is not None:
+            self.backend = "svd"
+        elif math.prod(self.sample_shape) <= dense_max:
+            self._assemble()
+
+    def _assemble(self) -> None:
+        d = math.prod(self.sample_shape)
+        with torch.no_grad():
+            basis = torch.eye(d).reshape(d, *self.sample_shape)
+            columns = self.problem.linear_forward(basis)
+        if columns.is_complex():
+            return
+        self.m_shape = tuple(columns.shape[1:])
+        M = columns.reshape(d, -1).T.to(torch.float64)  # (m, d)
+        U, s, Vh = torch.linalg.svd(M, full_matrices=False)
+        if s.numel():  # numerically zero singular values (numpy's pinv cut-off at the assembly precision)
+            s = torch.where(s > s.max() * max(M.shape) * torch.finfo(columns.dtype).eps, s, torch.zeros_like(s))
+        self.U, self.s, self.V = U, s, Vh.T
+        self.backend = "dense"
+
+    def _rows(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(t.shape[0], -1).to(torch.float64)
+
+    def pinv(self, r: torch.Tensor, rho: float = 0.0) -> torch.Tensor:
+        """``(M^T M + rho I)^+ M^T r`` per row of the measurement-space ``r`` (model space out);
+        ``rho = 0``: the pseudo-inverse ``M^+ r``."""
+        if self.backend != "dense":
+            return self.problem.pinv(r, rho=rho, iters=self.iters, tol=self.tol)
+        s = self.s
+        gain = torch.where(s ** 2 + rho > 0, s / torch.where(s ** 2 + rho > 0, s ** 2 + rho, torch.ones_like(s)),
+                           torch.zeros_like(s))
+        out = ((self._rows(r) @ self.U) * gain) @ self.V.T
+        return out.reshape(r.shape[0], *self.sample_shape)
+
+    def solve_measurement(self, r: torch.Tensor, c: float, noise_var: float) -> torch.Tensor:
+        """``(noise_var I + c M M^T)^-1 r`` (``(c M M^T)^+ r`` when ``noise_var = 0``), as the
+        module function ``solve_measurement``."""
+        if self.backend != "dense":
+            return solve_measurement(self.problem, r, c, noise_var, self.iters, self.tol)
+        rows = self._rows(r)
+        coef = rows @ self.U
+        denom = noise_var + c * self.s ** 2
+        inv = torch.where(denom > 0, 1 / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+        out = (coef * inv) @ self.U.T
+        if noise_var > 0:  # directions outside the range of M
+            out = out + (rows - coef @ self.U.T) / noise_var
+        return out.reshape(r.shape).to(r.dtype)
+
+    def likelihood_score(self, x: torch.Tensor, c: float, noise_var: float) -> torch.Tensor:
+        """``M^T (noise_var I + c M M^T)^-1 (y - forward(x))``, as the module function."""
+        u = self.solve_measurement(self.problem.residual(x), c, noise_var)
+        return self.problem.adjoint(u).to(x.dtype)
+
+    def project(self, x: torch.Tensor, target: torch.Tensor, rho: float = 0.0) -> torch.Tensor:
+        """``x + (M^T M + rho I)^+ M^T (target - forward(x))``: for ``rho = 0`` the orthogonal
+        projection of ``x`` onto ``{forward = target}`` (least squares when it is empty);
+        ``target`` holds one row per row of ``x``."""
+        return x + self.pinv(target - self.problem.forward(x), rho).to(x.dtype)

@@ -1,31 +1,38 @@
 """ΠGDM: Pseudoinverse-Guided Diffusion Models.
 
 Paper: J. Song, A. Vahdat, M. Mardani, J. Kautz, "Pseudoinverse-Guided Diffusion Models for
-Inverse Problems", ICLR 2023.
-Reference code: the authors' implementation in https://github.com/NVlabs/RED-diff
-(``algos/pgdm.py``, ``_configs/algo/pgdm.yaml``, ``sample_test.sh``).
+Inverse Problems", ICLR 2023 (Algorithm 1; noisy measurements: Section 3.2).
+Reference code: the authors' implementation in https://github.com/NVlabs/RED-diff (commit
+66482f2: ``algos/pgdm.py``, ``algos/ddim.py``, ``_configs/algo/pgdm.yaml``,
+``utils/functions.py::get_timesteps``, ``sample_test.sh``, ``sample_batch.sh``).
 
 Update rule (reference code, written in invsolve's VE coordinates; see docs/samplers.md):
 
-    x0_hat   = D(x_i, sigma_i)
-    v        = M^T (M M^T + (sigma_y^2 / r_i^2) I)^-1 (y - A(x0_hat))     (held fixed)
-    g        = grad_{x_i} <v, x0_hat>                  (vector-Jacobian product through D)
-    x0_y     = x0_hat + w_i g
-    x_{i+1}  = x0_y + c2 (x_i - x0_hat) / sigma_i + c1 z                        (DDIM, eta)
+    x        = M^+ (y - c) + sigma_0 z                                    (init="pinv")
+    for each level sigma_i > sigma_{i+1} (the last one 0):
+        x0_hat   = D(x_i, sigma_i)
+        v        = r_i^2 M^T (r_i^2 M M^T + sigma_y^2 I)^-1 (y - forward(x0_hat))      (held fixed)
+        g        = grad_{x_i} <v, x0_hat>                   (one vector-Jacobian product through D)
+        x_{i+1}  = x0_hat + w_i g + c2 (x_i - x0_hat) / sigma_i + c1 z                  (DDIM, eta)
 
-with ``r_i^2 = sigma_i^2 / (1 + sigma_i^2)`` (the paper's variance of p(x0 | x_i) for unit-
-variance data), ``c1 = eta sigma_{i+1} sqrt(1 - sigma_{i+1}^2 / sigma_i^2)`` and
-``c2 = sqrt(sigma_{i+1}^2 - c1^2)``. For ``sigma_y = 0``, ``v`` is the paper's
-``A^+ y - A^+ A x0_hat``; for ``sigma_y > 0`` it is ``r_i^2`` times the paper's
-``M^T (r_i^2 M M^T + sigma_y^2 I)^-1 (y - A x0_hat)``, so ``g / r_i^2`` is the ΠGDM
-estimate of ``grad log p(y | x_i)``. ``M`` is the model-space linear part of the
-physics (``problem.adjoint`` its adjoint). The DDIM noise direction is the unconditional
-one, ``(x_i - x0_hat) / sigma_i`` (reference ``awd=True``).
+``forward(x) = M x + c`` is the model-space physics (``M = A / scale``, ``M^T =
+problem.adjoint``), ``r_i^2 = sigma_i^2 / (1 + sigma_i^2)`` the paper's variance of
+p(x0 | x_i) for data of unit variance, ``c1 = eta sigma_{i+1} sqrt(1 - sigma_{i+1}^2 /
+sigma_i^2)`` and ``c2 = sqrt(sigma_{i+1}^2 - c1^2)`` (the reference DDIM coefficients divided
+by ``sqrt(abar_s)``), and the noise direction is the unconditional ``(x_i - x0_hat) / sigma_i``
+(reference ``awd=True``). For ``sigma_y = 0``, ``v`` is the reference's
+``H^+ y - H^+ H x0_hat``; for ``sigma_y > 0`` it is ``r_i^2`` times the paper's
+``M^T (r_i^2 M M^T + sigma_y^2 I)^-1 (y - forward(x0_hat))``, so ``g / r_i^2`` is ΠGDM's
+estimate of ``grad log p(y | x_i)`` (the reference code has no noisy branch).
 
-Weighting ``w_i``: the reference adds ``sqrt(abar_s) sqrt(abar_t) w g_vp`` to the VP state,
-which in VE coordinates is ``x0_hat + w g`` (``weighting="reference"``, ``w_i = w``).
-``weighting="score"`` uses the paper's likelihood score at full strength in the Tweedie
-update, ``x0_y = x0_hat + sigma_i^2 (g / r_i^2)``, i.e. ``w_i = w (1 + sigma_i^2)``.
+Weighting ``w_i``: the reference adds ``sqrt(abar_s) sqrt(abar_t) w grad_{x_vp}`` to the VP
+state; with ``x_vp = sqrt(abar) x`` this is ``x0_hat + w g`` in VE coordinates
+(``weighting="reference"``, ``w_i = w``). ``weighting="score"`` uses the paper's likelihood
+score at full strength in the Tweedie update, ``x0_hat + sigma_i^2 (g / r_i^2)``, i.e.
+``w_i = w (1 + sigma_i^2)``.
+
+Solves with ``M`` go through ``linalg.LinearPart`` (exact for decomposable physics and small
+dense problems, ``cg_iters`` conjugate-gradient steps otherwise), set up once per run.
 """
 
 from __future__ import annotations
@@ -37,7 +44,24 @@ import torch
 
 from .base import model_clip, randn, register, sigma_grid
 from .dps import guided_denoise
-from .linalg import _require_linear, solve_measurement
+from .linalg import LinearPart, _require_linear
+
+
+def uniform_ddpm_sigmas(steps: int, prior, sigma_max: float | None = None, timesteps: int = 1000) -> torch.Tensor:
+    """The reference grid (RED-diff ``get_timesteps``, DDIM's uniform skip): the linear-beta DDPM
+    levels at t = (steps - 1) k, ..., k, 0 with k = timesteps // steps, clipped to the prior's
+    range, then 0 (the reference's last step goes to ``alpha(-1) = 1``). For ``steps`` dividing
+    ``timesteps`` this is exactly ``reversed(range(0, timesteps, k))``; otherwise it keeps
+    ``steps`` levels (the reference range would add one)."""
+    from ..priors.adapters import DDPMSchedule
+
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"steps must be in [1, {timesteps}], got {steps}")
+    all_sigmas = DDPMSchedule(timesteps=timesteps).sigmas
+    t = torch.arange(steps - 1, -1, -1) * (timesteps // steps)
+    hi = min(sigma_max or prior.sigma_max, prior.sigma_max)
+    sigmas = all_sigmas[t].clamp(prior.sigma_min, hi)
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
 
 
 def ddim_step(x: torch.Tensor, denoised: torch.Tensor, target: torch.Tensor, sigma: float, sigma_next: float,
@@ -55,18 +79,22 @@ def ddim_step(x: torch.Tensor, denoised: torch.Tensor, target: torch.Tensor, sig
 @register("pigdm")
 @dataclasses.dataclass(frozen=True)
 class PiGDM:
-    """ΠGDM (Song et al., ICLR 2023), linear physics.
+    """ΠGDM (Song et al., ICLR 2023), linear physics only (``TypeError`` otherwise).
 
-    :param steps: number of noise levels = NFE (reference scripts: 100, ``sample_test.sh``).
+    :param steps: number of noise levels = NFE (reference scripts: 100 — ``sample_test.sh``
+        pgdm lines, ``exp.num_steps=100``; ``sample_batch.sh``: 1000).
     :param eta: DDIM stochasticity (reference scripts: 1.0; ``pgdm.yaml`` default 0.0).
-    :param weight: guidance weight ``w`` (reference ``grad_term_weight``: 1).
-    :param weighting: ``"reference"`` (``x0_hat + w g``, as the reference code) or ``"score"``
+    :param weight: guidance weight ``w`` (reference ``grad_term_weight``: 1 in ``pgdm.yaml``
+        and ``sample_batch.sh``).
+    :param weighting: ``"reference"`` (``x0_hat + w g``, the reference code) or ``"score"``
         (``x0_hat + w (1 + sigma^2) g``, the paper's likelihood score in the Tweedie update).
-    :param schedule: ``"ddpm"`` (reference: uniform respacing of the 1000-step linear-beta
-        schedule) or ``"karras"``.
+    :param schedule: ``"uniform"`` (reference: timesteps ``range(0, 1000, 1000 // steps)`` of
+        the linear-beta DDPM schedule), ``"ddpm"`` (``linspace(999, 0, steps)``) or ``"karras"``.
+    :param init: ``"pinv"`` (reference ``initialize``: ``M^+ (y - c) + sigma_0 z``) or
+        ``"noise"`` (``sigma_0 z``).
     :param clip_denoised: clamp ``x0_hat`` to the data range (reference: no clamp).
-    :param cg_iters: conjugate-gradient iterations for ``(M M^T + c I)^-1`` where the physics
-        has no closed form (decomposable physics is exact).
+    :param cg_iters: conjugate-gradient iterations for ``(r^2 M M^T + sigma_y^2 I)^-1`` where
+        the physics has no closed form (decomposable physics and small dense problems are exact).
     :param sigma_max: start level (default: the prior's maximum).
     """
 
@@ -74,38 +102,53 @@ class PiGDM:
     eta: float = 1.0
     weight: float = 1.0
     weighting: str = "reference"
-    schedule: str = "ddpm"
+    schedule: str = "uniform"
+    init: str = "pinv"
     clip_denoised: bool = False
     cg_iters: int = 50
     sigma_max: float | None = None
 
     PRESETS = {
-        # reference scripts (RED-diff sample_test.sh, pgdm lines): 100 steps, eta 1.0, w 1
+        # reference scripts (RED-diff sample_test.sh / sample_batch.sh, pgdm lines): eta 1.0,
+        # grad_term_weight 1; 100 steps in sample_test.sh (the deg names are in2_20ff, sr4, deblur_gauss)
         "inpainting": dict(steps=100, eta=1.0, weight=1.0),
         "sr4": dict(steps=100, eta=1.0, weight=1.0),
         "deblur": dict(steps=100, eta=1.0, weight=1.0),
-        # invsolve's 8-view CT on ct-phantom64 (no official setting); chosen on
-        # training-distribution phantoms, see docs/samplers.md
+        # invsolve's 8-view CT on ct-phantom64 (no reference setting); chosen on
+        # training-distribution phantoms (seed 123), see docs/samplers.md
         "ct-sparse8": dict(steps=100, eta=1.0, weight=1.0),
     }
 
     def __post_init__(self):
         if self.weighting not in ("reference", "score"):
             raise ValueError(f"weighting must be 'reference' or 'score', got {self.weighting!r}")
+        if self.schedule not in ("uniform", "ddpm", "karras"):
+            raise ValueError(f"schedule must be 'uniform', 'ddpm' or 'karras', got {self.schedule!r}")
+        if self.init not in ("pinv", "noise"):
+            raise ValueError(f"init must be 'pinv' or 'noise', got {self.init!r}")
+
+    def sigmas(self, prior) -> list[float]:
+        if self.schedule == "uniform":
+            return uniform_ddpm_sigmas(self.steps, prior, self.sigma_max).tolist()
+        return sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()
 
     def run(self, prior, problem, x_shape, generator, callback=None):
         _require_linear(problem, "ΠGDM")
-        sigmas = sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()
+        sigmas = self.sigmas(prior)
         clip = model_clip(prior, problem) if self.clip_denoised else None
+        lin = LinearPart(problem, x_shape, iters=self.cg_iters)
         noise_var = problem.sigma_y ** 2
         x = sigmas[0] * randn(x_shape, generator)
+        if self.init == "pinv":
+            with torch.no_grad():
+                x = x + lin.pinv(problem.residual(torch.zeros_like(x))).to(x.dtype)
         for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
             r2 = sigma ** 2 / (1 + sigma ** 2)
 
             def inner(denoised, r2=r2):
-                residual = problem.residual(denoised.detach())
-                v = r2 * problem.adjoint(solve_measurement(problem, residual, r2, noise_var, self.cg_iters))
-                return (v.detach().to(denoised.dtype) * denoised).sum()
+                with torch.no_grad():
+                    v = r2 * lin.likelihood_score(denoised.detach(), r2, noise_var)
+                return (v.to(denoised.dtype) * denoised).sum()
 
             denoised, g = guided_denoise(prior, problem, x, sigma, clip=clip, loss=inner)
             w = self.weight * ((1 + sigma ** 2) if self.weighting == "score" else 1.0)
