@@ -77,3 +77,25 @@ def tiny_prior(shape, dims=2):
     card = PriorCard(name="tiny", kind="diffusion", parameterization="edm", shape=shape, scale=2.0, offset=-1.0,
                      physical_range=(0.0, 1.0))
     return Prior(EDMDenoiser(net.eval().requires_grad_(False)), card)
+
+
+def smoke_operator(name, shape, dims):
+    """A small ``ct`` / ``inpainting`` / ``gaussian-blur`` operator for a sample ``shape`` (2D or 3D)."""
+    import operators as ops
+
+    if name == "ct":
+        return ops.make("ct", img_size=shape[-1], views=4)  # slice-wise on volumes
+    if name == "inpainting":
+        return ops.make("inpainting", img_size=tuple(shape[1:]), kind="random", missing=0.5, dims=dims)
+    return ops.make("gaussian-blur", std=1.0, kernel_size=5, dims=dims)
+
+
+def smoke_problem(shape, dims, operator):
+    """``(prior, physics, truth, problem)``: a tiny random prior and two seeded truths measured
+    through ``smoke_operator`` with sigma_y = 0.01, for the samplers' 2D/3D smoke tests."""
+    import invsolve as iv
+
+    prior = tiny_prior(shape, dims)
+    physics = smoke_operator(operator, shape, dims)
+    truth = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
+    return prior, physics, truth, iv.Problem(physics, physics.A(truth), sigma_y=0.01, prior=prior)

@@ -8,7 +8,7 @@ from invsolve.exactness import exactness_report
 from invsolve.samplers.daps import annealing_sigmas, data_grad, operator_norm_sq
 from invsolve.samplers.dps import residual_norm
 
-from helpers import as_kind, linear_problems, measure, mixture, tiny_prior
+from helpers import as_kind, linear_problems, measure, mixture, tiny_prior, smoke_problem
 
 # DAPS-1K at its documented defaults (200 levels x 5 ODE steps, 100 Langevin steps, tau = true
 # sigma_y, step normalised by max(1, ||A||^2)). On the masking problem the 200-level annealing
@@ -94,21 +94,12 @@ def test_batched_draws_equal_single_draws_with_same_generators():
         torch.testing.assert_close(together.samples, torch.stack(alone), rtol=1e-5, atol=1e-5)
 
 
-def _operator(name, shape, dims):
-    if name == "ct":
-        return ops.make("ct", img_size=shape[-1], views=4)  # slice-wise on volumes
-    if name == "inpainting":
-        return ops.make("inpainting", img_size=tuple(shape[1:]), kind="random", missing=0.5, dims=dims)
-    return ops.make("gaussian-blur", std=1.0, kernel_size=5, dims=dims)
 
 
 @pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])
 @pytest.mark.parametrize("operator", ["ct", "inpainting", "gaussian-blur"])
 def test_daps_smoke_2d_and_3d(shape, dims, operator):
-    prior = tiny_prior(shape, dims)
-    physics = _operator(operator, shape, dims)
-    truth = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
-    problem = iv.Problem(physics, physics.A(truth), sigma_y=0.01, prior=prior)
+    prior, physics, truth, problem = smoke_problem(shape, dims, operator)
     seen = []
     post = iv.sample("daps", prior, problem, n_samples=3, generator=torch.Generator().manual_seed(0),
                      levels=3, ode_steps=2, mc_steps=4, lr=1e-7, callback=seen.append)

@@ -5,12 +5,11 @@ import torch
 from deepinv.physics import Physics
 
 import invsolve as iv
-import operators as ops
 from invsolve.exactness import exactness_report
 from invsolve.priors import Prior, PriorCard
 from invsolve.priors.adapters import DDPMSchedule
 
-from helpers import as_kind, linear_problems, matrix_physics, measure, mixture, tiny_prior
+from helpers import as_kind, linear_problems, matrix_physics, measure, mixture, smoke_problem
 
 # DiffPIR at its documented (official deblurring) defaults: 100 steps on the quad grid, lambda 7,
 # zeta 0.3. Its data step only moves the measured part of x0_hat (the prox with rho ~ 0 at high
@@ -107,21 +106,12 @@ def test_batched_draws_equal_single_draws_with_same_generators():
     torch.testing.assert_close(together.samples, torch.stack(alone), rtol=1e-5, atol=1e-5)
 
 
-def _operator(name, shape, dims):
-    if name == "ct":
-        return ops.make("ct", img_size=shape[-1], views=4)  # slice-wise on volumes
-    if name == "inpainting":
-        return ops.make("inpainting", img_size=tuple(shape[1:]), kind="random", missing=0.5, dims=dims)
-    return ops.make("gaussian-blur", std=1.0, kernel_size=5, dims=dims)
 
 
 @pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])
 @pytest.mark.parametrize("operator", ["ct", "inpainting", "gaussian-blur"])
 def test_diffpir_smoke_2d_and_3d(shape, dims, operator):
-    prior = tiny_prior(shape, dims)
-    physics = _operator(operator, shape, dims)
-    truth = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
-    problem = iv.Problem(physics, physics.A(truth), sigma_y=0.01, prior=prior)
+    prior, physics, truth, problem = smoke_problem(shape, dims, operator)
     seen = []
     post = iv.sample("diffpir", prior, problem, n_samples=3, generator=torch.Generator().manual_seed(0),
                      steps=4, cg_iters=5, callback=seen.append)

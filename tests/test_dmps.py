@@ -5,11 +5,10 @@ import torch
 from deepinv.physics import Physics
 
 import invsolve as iv
-import operators as ops
 from invsolve.exactness import exactness_report
 from invsolve.samplers.base import ancestral_step, sigma_grid
 
-from helpers import as_kind, linear_problems, measure, mixture, tiny_prior
+from helpers import as_kind, linear_problems, measure, mixture, smoke_problem
 
 # DMPS at its documented (official) defaults: 1000 DDPM steps, scale 1.75. Its likelihood
 # approximation p(x0 | x_t) ~ N(x_t, sigma_t^2 I) ignores the prior, so on the masking problem the
@@ -96,21 +95,12 @@ def test_update_matches_the_official_vp_formula():
     torch.testing.assert_close(ours, official, rtol=1e-9, atol=1e-9)
 
 
-def _operator(name, shape, dims):
-    if name == "ct":
-        return ops.make("ct", img_size=shape[-1], views=4)  # slice-wise on volumes
-    if name == "inpainting":
-        return ops.make("inpainting", img_size=tuple(shape[1:]), kind="random", missing=0.5, dims=dims)
-    return ops.make("gaussian-blur", std=1.0, kernel_size=5, dims=dims)
 
 
 @pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])
 @pytest.mark.parametrize("operator", ["ct", "inpainting", "gaussian-blur"])
 def test_dmps_smoke_2d_and_3d(shape, dims, operator):
-    prior = tiny_prior(shape, dims)
-    physics = _operator(operator, shape, dims)
-    truth = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
-    problem = iv.Problem(physics, physics.A(truth), sigma_y=0.01, prior=prior)
+    prior, physics, truth, problem = smoke_problem(shape, dims, operator)
     seen = []
     post = iv.sample("dmps", prior, problem, n_samples=3, generator=torch.Generator().manual_seed(0),
                      steps=4, schedule="karras", callback=seen.append)

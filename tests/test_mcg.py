@@ -7,7 +7,7 @@ import operators as ops
 from invsolve.exactness import exactness_report
 from invsolve.samplers.linalg import LinearPart
 
-from helpers import as_kind, linear_problems, measure, mixture, tiny_prior
+from helpers import as_kind, linear_problems, measure, mixture, smoke_problem
 
 # MCG at its documented (official) defaults: 1000 DDPM steps, alpha = 1 on the non-squared
 # residual norm, hard projection onto the noised measurement. The official weight is a fixed
@@ -70,21 +70,12 @@ def test_projection_puts_samples_on_the_noised_measurement():
     assert float(residual.mean()) < 0.05 < 0.01 * float(prior_residual.mean())
 
 
-def _operator(name, shape, dims):
-    if name == "ct":
-        return ops.make("ct", img_size=shape[-1], views=4)  # slice-wise on volumes
-    if name == "inpainting":
-        return ops.make("inpainting", img_size=tuple(shape[1:]), kind="random", missing=0.5, dims=dims)
-    return ops.make("gaussian-blur", std=1.0, kernel_size=5, dims=dims)
 
 
 @pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])
 @pytest.mark.parametrize("operator", ["ct", "inpainting", "gaussian-blur"])
 def test_mcg_smoke_2d_and_3d_and_residual_decreases(shape, dims, operator):
-    prior = tiny_prior(shape, dims)
-    physics = _operator(operator, shape, dims)
-    truth = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
-    problem = iv.Problem(physics, physics.A(truth), sigma_y=0.01, prior=prior)
+    prior, physics, truth, problem = smoke_problem(shape, dims, operator)
     seen = []
     post = iv.sample("mcg", prior, problem, n_samples=3, generator=torch.Generator().manual_seed(0),
                      steps=4, schedule="karras", callback=seen.append)

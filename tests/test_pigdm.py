@@ -5,11 +5,10 @@ import torch
 from deepinv.physics import Physics
 
 import invsolve as iv
-import operators as ops
 from invsolve.exactness import exactness_report
 from invsolve.priors.adapters import DDPMSchedule
 
-from helpers import as_kind, linear_problems, measure, mixture, tiny_prior
+from helpers import as_kind, linear_problems, measure, mixture, smoke_problem
 
 # ΠGDM at its documented (reference) defaults: 100 DDPM steps on the reference's uniform grid,
 # eta 1, w 1 (RED-diff sample_test.sh). On the coordinate mask its isotropic covariance r_t^2 I
@@ -112,21 +111,12 @@ def test_guidance_pulls_samples_to_the_measurement():
     assert res(guided) < 0.05 * res(free)
 
 
-def _operator(name, shape, dims):
-    if name == "ct":
-        return ops.make("ct", img_size=shape[-1], views=4)  # slice-wise on volumes
-    if name == "inpainting":
-        return ops.make("inpainting", img_size=tuple(shape[1:]), kind="random", missing=0.5, dims=dims)
-    return ops.make("gaussian-blur", std=1.0, kernel_size=5, dims=dims)
 
 
 @pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])
 @pytest.mark.parametrize("operator", ["ct", "inpainting", "gaussian-blur"])
 def test_pigdm_smoke_2d_and_3d(shape, dims, operator):
-    prior = tiny_prior(shape, dims)
-    physics = _operator(operator, shape, dims)
-    truth = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
-    problem = iv.Problem(physics, physics.A(truth), sigma_y=0.01, prior=prior)
+    prior, physics, truth, problem = smoke_problem(shape, dims, operator)
     seen = []
     post = iv.sample("pigdm", prior, problem, n_samples=3, generator=torch.Generator().manual_seed(0),
                      steps=4, cg_iters=5, callback=seen.append)
