@@ -99,3 +99,28 @@ def smoke_problem(shape, dims, operator):
     physics = smoke_operator(operator, shape, dims)
     truth = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0))
     return prior, physics, truth, iv.Problem(physics, physics.A(truth), sigma_y=0.01, prior=prior)
+
+
+def assert_batched_equals_single(method, tol=1e-5, **overrides):
+    """Three draws taken together equal the same draws taken one at a time with the same
+    per-draw generators (Gaussian-matrix problem, sigma_y 0.1)."""
+    import invsolve as iv
+
+    gm = mixture()
+    problem = measure(gm, linear_problems()["gaussian"], 0.1)
+    gens = lambda: [torch.Generator().manual_seed(10 + j) for j in range(3)]  # noqa: E731
+    together = iv.sample(method, gm, problem, n_samples=3, generator=gens(), **overrides)
+    alone = [iv.sample(method, gm, problem, n_samples=1, generator=[g], **overrides).samples[0] for g in gens()]
+    torch.testing.assert_close(together.samples, torch.stack(alone), rtol=tol, atol=tol)
+
+
+def assert_prior_kinds_agree(method, tol=1e-3, **overrides):
+    """The mixture behind the flow-velocity and VE-score adapters gives the plain mixture's samples."""
+    import invsolve as iv
+
+    gm = mixture()
+    problem = measure(gm, linear_problems()["gaussian"], 0.1)
+    plain = iv.sample(method, gm, problem, generator=torch.Generator().manual_seed(3), **overrides)
+    for kind in ("flow-velocity", "ve-score"):
+        other = iv.sample(method, as_kind(gm, kind), problem, generator=torch.Generator().manual_seed(3), **overrides)
+        torch.testing.assert_close(other.samples, plain.samples, rtol=tol, atol=tol)

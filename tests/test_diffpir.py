@@ -9,7 +9,7 @@ from invsolve.exactness import exactness_report
 from invsolve.priors import Prior, PriorCard
 from invsolve.priors.adapters import DDPMSchedule
 
-from helpers import as_kind, linear_problems, matrix_physics, measure, mixture, smoke_problem
+from helpers import linear_problems, matrix_physics, measure, mixture, smoke_problem, assert_batched_equals_single, assert_prior_kinds_agree
 
 # DiffPIR at its documented (official deblurring) defaults: 100 steps on the quad grid, lambda 7,
 # zeta 0.3. Its data step only moves the measured part of x0_hat (the prox with rho ~ 0 at high
@@ -88,22 +88,11 @@ def test_sampler_matches_the_official_vp_loop():
 
 
 def test_flow_and_score_priors_give_the_same_samples_as_the_mixture():
-    gm = mixture()
-    problem = measure(gm, linear_problems()["gaussian"], 0.1)
-    kw = dict(n_samples=32, steps=30)
-    plain = iv.sample("diffpir", gm, problem, generator=torch.Generator().manual_seed(3), **kw)
-    for kind in ("flow-velocity", "ve-score"):
-        other = iv.sample("diffpir", as_kind(gm, kind), problem, generator=torch.Generator().manual_seed(3), **kw)
-        torch.testing.assert_close(other.samples, plain.samples, rtol=1e-3, atol=1e-3)
+    assert_prior_kinds_agree("diffpir", tol=1e-3, n_samples=32, steps=30)
 
 
 def test_batched_draws_equal_single_draws_with_same_generators():
-    gm = mixture()
-    problem = measure(gm, linear_problems()["gaussian"], 0.1)
-    gens = lambda: [torch.Generator().manual_seed(10 + j) for j in range(3)]  # noqa: E731
-    together = iv.sample("diffpir", gm, problem, n_samples=3, generator=gens(), steps=40)
-    alone = [iv.sample("diffpir", gm, problem, n_samples=1, generator=[g], steps=40).samples[0] for g in gens()]
-    torch.testing.assert_close(together.samples, torch.stack(alone), rtol=1e-5, atol=1e-5)
+    assert_batched_equals_single("diffpir", tol=1e-5, steps=40)
 
 
 

@@ -8,7 +8,7 @@ import invsolve as iv
 from invsolve.exactness import exactness_report
 from invsolve.samplers.base import ancestral_step, sigma_grid
 
-from helpers import as_kind, linear_problems, measure, mixture, smoke_problem
+from helpers import linear_problems, measure, mixture, smoke_problem, assert_batched_equals_single, assert_prior_kinds_agree
 
 # DMPS at its documented (official) defaults: 1000 DDPM steps, scale 1.75. Its likelihood
 # approximation p(x0 | x_t) ~ N(x_t, sigma_t^2 I) ignores the prior, so on the masking problem the
@@ -50,22 +50,11 @@ def test_loop_with_exact_likelihood_reaches_the_posterior():
 
 
 def test_flow_and_score_priors_give_the_same_samples_as_the_mixture():
-    gm = mixture()
-    problem = measure(gm, linear_problems()["gaussian"], 0.1)
-    kw = dict(n_samples=32, steps=30)
-    plain = iv.sample("dmps", gm, problem, generator=torch.Generator().manual_seed(3), **kw)
-    for kind in ("flow-velocity", "ve-score"):
-        other = iv.sample("dmps", as_kind(gm, kind), problem, generator=torch.Generator().manual_seed(3), **kw)
-        torch.testing.assert_close(other.samples, plain.samples, rtol=1e-3, atol=1e-3)
+    assert_prior_kinds_agree("dmps", tol=1e-3, n_samples=32, steps=30)
 
 
 def test_batched_draws_equal_single_draws_with_same_generators():
-    gm = mixture()
-    problem = measure(gm, linear_problems()["gaussian"], 0.1)
-    gens = lambda: [torch.Generator().manual_seed(10 + j) for j in range(3)]  # noqa: E731
-    together = iv.sample("dmps", gm, problem, n_samples=3, generator=gens(), steps=40)
-    alone = [iv.sample("dmps", gm, problem, n_samples=1, generator=[g], steps=40).samples[0] for g in gens()]
-    torch.testing.assert_close(together.samples, torch.stack(alone), rtol=1e-5, atol=1e-5)
+    assert_batched_equals_single("dmps", tol=1e-5, steps=40)
 
 
 def test_update_matches_the_official_vp_formula():

@@ -6,7 +6,7 @@ import invsolve as iv
 import operators as ops
 from invsolve.exactness import exactness_report
 
-from helpers import linear_problems, measure, mixture, tiny_prior
+from helpers import linear_problems, measure, mixture, tiny_prior, assert_batched_equals_single
 
 
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])
@@ -21,12 +21,7 @@ def test_dps_defaults_approach_exact_posterior(name, sigma_y):
 
 
 def test_batched_draws_equal_single_draws_with_same_generators():
-    gm = mixture()
-    problem = measure(gm, linear_problems()["gaussian"], 0.1)
-    gens = lambda: [torch.Generator().manual_seed(10 + j) for j in range(3)]  # noqa: E731
-    together = iv.sample("dps", gm, problem, n_samples=3, generator=gens(), steps=50)
-    alone = [iv.sample("dps", gm, problem, n_samples=1, generator=[g], steps=50).samples[0] for g in gens()]
-    torch.testing.assert_close(together.samples, torch.stack(alone), rtol=1e-5, atol=1e-5)
+    assert_batched_equals_single("dps", tol=1e-5, steps=50)
 
 
 @pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])

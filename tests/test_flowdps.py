@@ -7,7 +7,7 @@ import operators as ops
 from invsolve.exactness import exactness_report
 from invsolve.samplers.flowdps import FlowDPS, shifted_times
 
-from helpers import as_kind, linear_problems, measure, mixture, tiny_prior
+from helpers import as_kind, linear_problems, measure, mixture, tiny_prior, assert_batched_equals_single
 
 
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])
@@ -34,12 +34,7 @@ def test_flow_and_diffusion_priors_give_the_same_samples_as_the_mixture(kind):
 
 
 def test_batched_draws_equal_single_draws_with_same_generators():
-    gm = mixture()
-    problem = measure(gm, linear_problems()["gaussian"], 0.1)
-    gens = lambda: [torch.Generator().manual_seed(10 + j) for j in range(3)]  # noqa: E731
-    together = iv.sample("flowdps", gm, problem, n_samples=3, generator=gens(), steps=20)
-    alone = [iv.sample("flowdps", gm, problem, n_samples=1, generator=[g], steps=20).samples[0] for g in gens()]
-    torch.testing.assert_close(together.samples, torch.stack(alone), rtol=1e-5, atol=1e-5)
+    assert_batched_equals_single("flowdps", tol=1e-5, steps=20)
 
 
 def test_time_grid_is_sd3_shifted_schedule():

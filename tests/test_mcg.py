@@ -7,7 +7,7 @@ import operators as ops
 from invsolve.exactness import exactness_report
 from invsolve.samplers.linalg import LinearPart
 
-from helpers import as_kind, linear_problems, measure, mixture, smoke_problem
+from helpers import linear_problems, measure, mixture, smoke_problem, assert_prior_kinds_agree
 
 # MCG at its documented (official) defaults: 1000 DDPM steps, alpha = 1 on the non-squared
 # residual norm, hard projection onto the noised measurement. The official weight is a fixed
@@ -41,13 +41,7 @@ def test_mcg_at_50_steps_approaches_exact_posterior(name):
 
 
 def test_flow_and_score_priors_give_the_same_samples_as_the_mixture():
-    gm = mixture()
-    problem = measure(gm, linear_problems()["gaussian"], 0.1)
-    kw = dict(n_samples=32, steps=30)
-    plain = iv.sample("mcg", gm, problem, generator=torch.Generator().manual_seed(3), **kw)
-    for kind in ("flow-velocity", "ve-score"):
-        other = iv.sample("mcg", as_kind(gm, kind), problem, generator=torch.Generator().manual_seed(3), **kw)
-        torch.testing.assert_close(other.samples, plain.samples, rtol=1e-3, atol=1e-3)
+    assert_prior_kinds_agree("mcg", tol=1e-3, n_samples=32, steps=30)
 
 
 def test_batched_draws_equal_single_draws_with_same_generators():

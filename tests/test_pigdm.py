@@ -8,7 +8,7 @@ import invsolve as iv
 from invsolve.exactness import exactness_report
 from invsolve.priors.adapters import DDPMSchedule
 
-from helpers import as_kind, linear_problems, measure, mixture, smoke_problem
+from helpers import linear_problems, measure, mixture, smoke_problem, assert_batched_equals_single, assert_prior_kinds_agree
 
 # ΠGDM at its documented (reference) defaults: 100 DDPM steps on the reference's uniform grid,
 # eta 1, w 1 (RED-diff sample_test.sh). On the coordinate mask its isotropic covariance r_t^2 I
@@ -83,22 +83,11 @@ def test_sampler_matches_the_reference_vp_loop():
 
 
 def test_flow_and_score_priors_give_the_same_samples_as_the_mixture():
-    gm = mixture()
-    problem = measure(gm, linear_problems()["gaussian"], 0.1)
-    kw = dict(n_samples=32, steps=30)
-    plain = iv.sample("pigdm", gm, problem, generator=torch.Generator().manual_seed(3), **kw)
-    for kind in ("flow-velocity", "ve-score"):
-        other = iv.sample("pigdm", as_kind(gm, kind), problem, generator=torch.Generator().manual_seed(3), **kw)
-        torch.testing.assert_close(other.samples, plain.samples, rtol=1e-3, atol=1e-3)
+    assert_prior_kinds_agree("pigdm", tol=1e-3, n_samples=32, steps=30)
 
 
 def test_batched_draws_equal_single_draws_with_same_generators():
-    gm = mixture()
-    problem = measure(gm, linear_problems()["gaussian"], 0.1)
-    gens = lambda: [torch.Generator().manual_seed(10 + j) for j in range(3)]  # noqa: E731
-    together = iv.sample("pigdm", gm, problem, n_samples=3, generator=gens(), steps=40)
-    alone = [iv.sample("pigdm", gm, problem, n_samples=1, generator=[g], steps=40).samples[0] for g in gens()]
-    torch.testing.assert_close(together.samples, torch.stack(alone), rtol=1e-5, atol=1e-5)
+    assert_batched_equals_single("pigdm", tol=1e-5, steps=40)
 
 
 def test_guidance_pulls_samples_to_the_measurement():

@@ -9,7 +9,7 @@ from invsolve.exactness import exactness_report
 from invsolve.priors.adapters import DDPMSchedule
 from invsolve.samplers.reddiff import WEIGHTINGS
 
-from helpers import as_kind, linear_problems, matrix_physics, measure, mixture, smoke_problem
+from helpers import as_kind, linear_problems, matrix_physics, measure, mixture, smoke_problem, assert_batched_equals_single
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -121,12 +121,7 @@ def test_flow_and_score_priors_give_the_same_estimates_as_the_mixture():
 
 
 def test_batched_draws_equal_single_draws_with_same_generators():
-    gm = mixture()
-    problem = measure(gm, linear_problems()["gaussian"], 0.1)
-    gens = lambda: [torch.Generator().manual_seed(10 + j) for j in range(3)]  # noqa: E731
-    together = iv.sample("reddiff", gm, problem, n_samples=3, generator=gens(), steps=50)
-    alone = [iv.sample("reddiff", gm, problem, n_samples=1, generator=[g], steps=50).samples[0] for g in gens()]
-    torch.testing.assert_close(together.samples, torch.stack(alone), rtol=1e-5, atol=1e-5)
+    assert_batched_equals_single("reddiff", tol=1e-5, steps=50)
 
 
 def test_nonlinear_physics_starts_from_zeros_and_fits_y():
