@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from deepinv.physics import LinearPhysics
 
+from .ct import _Backproject, _Project  # A and A^T as each other's autograd backward, via op._project/_backproject
+
 PARALLEL_PROJECTORS = ("linear", "strip", "line")
 FAN_PROJECTORS = ("line_fanflat", "strip_fanflat")
 
@@ -65,28 +67,6 @@ def cuda_available() -> bool:
         return bool(astra.use_cuda())
     except Exception:  # pragma: no cover - defensive
         return False
-
-
-class _AstraProject(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, op):
-        ctx.op = op
-        return op._project(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _AstraBackproject.apply(grad, ctx.op), None
-
-
-class _AstraBackproject(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, op):
-        ctx.op = op
-        return op._backproject(y)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _AstraProject.apply(grad, ctx.op), None
 
 
 class AstraCT(LinearPhysics):
@@ -161,11 +141,11 @@ class AstraCT(LinearPhysics):
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         self.geometry._check_image(x)
-        return _AstraProject.apply(x, self)
+        return _Project.apply(x, self)
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         self.geometry._check_sinogram(y)
-        return _AstraBackproject.apply(y, self)
+        return _Backproject.apply(y, self)
 
     def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
         """The torch geometry's FBP (same geometry)."""
@@ -269,10 +249,10 @@ class ConeBeamCT(LinearPhysics):
         return result.to(device=y.device, dtype=y.dtype).reshape(*y.shape[:-3], *self.img_shape)
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        return _AstraProject.apply(x, self)
+        return _Project.apply(x, self)
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        return _AstraBackproject.apply(y, self)
+        return _Backproject.apply(y, self)
 
     def fdk(self, y: torch.Tensor) -> torch.Tensor:
         """Feldkamp-Davis-Kress reconstruction (astra ``FDK_CUDA``)."""
