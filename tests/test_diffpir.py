@@ -22,12 +22,7 @@ RATIO_BOUND = {"inpainting": 0.6, "gaussian": 0.25}
 MEAN_BOUND = {"inpainting": 0.5, "gaussian": 0.25}  # times the prior-mean error
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():  # small tensors are much slower with threads on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])

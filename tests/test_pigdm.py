@@ -19,12 +19,7 @@ from helpers import linear_problems, measure, mixture, smoke_problem, assert_bat
 RATIO_BOUND = {"inpainting": 0.32, "gaussian": 0.25}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():  # small tensors are much slower with threads on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])

@@ -12,12 +12,7 @@ from invsolve.samplers.reddiff import WEIGHTINGS
 from helpers import as_kind, linear_problems, matrix_physics, measure, mixture, smoke_problem, assert_batched_equals_single
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():  # small tensors are much slower with threads on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])

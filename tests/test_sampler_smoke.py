@@ -58,12 +58,7 @@ GENERAL = {"dps", "reddiff", "daps", "flowdps"}
 SIGMA_Y = 0.01
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 
 
 class TinyNet(torch.nn.Module):
