@@ -1,8 +1,9 @@
-"""The ``invsolve`` command: ``demo``, ``train`` and ``list``."""
+"""The ``invsolve`` command: ``demo``, ``train``, ``list``, ``info``, ``evaluate``, ``bench`` and ``fastmri``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -56,8 +57,6 @@ def _format_evaluation(result: dict) -> str:
 
 
 def _evaluate(args) -> int:
-    import json
-
     from .priors.evaluation import evaluate_files, evaluate_prior, record_evaluation
     from .priors.loaders import load_prior, resolve
 
@@ -102,37 +101,68 @@ def _list(args) -> int:
 
 
 def _read_card(folder):
-    import json
-
     from .priors.base import PriorCard
 
     return PriorCard.from_dict(json.loads((folder / "card.json").read_text()))
 
 
-def _info(args) -> int:
-    import json
-    from pathlib import Path
+def _key_value(text: str):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"give KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
-    from .priors.loaders import resolve
 
-    folder = resolve(args.prior)
-    card = _read_card(folder)
+def _card_lines(card, source: str, weights: str) -> list[str]:
     meta = card.metadata
-    training = meta.get("training", {})
     lines = [f"{card.name}: {card.description}",
-             f"  folder          {folder}",
+             f"  source          {source}",
              f"  kind            {card.kind} ({card.parameterization})",
              f"  shape           {tuple(card.shape)}",
              f"  model space     x_model = {card.scale:g} * x_physical + {card.offset:g}; physical range {card.physical_range}",
              f"  sigma range     [{card.sigma_min:g}, {card.sigma_max:g}]",
              f"  architecture    {meta.get('architecture')} ({meta.get('parameters', '?')} parameters)",
-             f"  weights         {Path(folder, 'weights.safetensors').stat().st_size / 1e6:.1f} MB, sha256 {meta.get('sha256', 'not recorded')}"]
+             f"  weights         {weights}"]
+    training = meta.get("training", {})
     if training:
         lines.append("  training        " + ", ".join(f"{k} {v}" for k, v in training.items()))
-    for key in ("data", "evaluation"):
+    for key in ("data", "evaluation", "checkpoint"):
         if key in meta:
-            lines.append(f"  {key:<15} {json.dumps(meta[key])}")
-    print("\n".join(lines))
+            lines.append(f"  {key:<15} {json.dumps(meta[key], default=str)}")
+    return lines
+
+
+def _info(args) -> int:
+    """A shipped or user prior's card; or, for a checkpoint in another format (or on the Hugging
+    Face Hub with --repo-id and --download), the card its loader builds after loading it."""
+    from pathlib import Path
+
+    from .priors.loaders import list_priors, load_prior, resolve
+
+    local = args.prior is not None and (Path(args.prior, "card.json").is_file() or args.prior in list_priors())
+    if local and not (args.format or args.sha256 or args.repo_id):
+        folder = resolve(args.prior)
+        card = _read_card(folder)
+        size = Path(folder, "weights.safetensors").stat().st_size / 1e6
+        print("\n".join(_card_lines(card, str(folder), f"{size:.1f} MB, sha256 "
+                                                       f"{card.metadata.get('sha256', 'not recorded')}")))
+        return 0
+    if args.prior is None and args.repo_id is None:
+        print("invsolve info: error: give a prior name, folder or checkpoint file, or --repo-id with --download",
+              file=sys.stderr)
+        return 2
+    options = dict(args.option or ())
+    try:
+        prior = load_prior(args.prior, format=args.format, sha256=args.sha256, download=args.download,
+                           repo_id=args.repo_id, filename=args.filename, revision=args.revision, **options)
+    except TypeError as err:  # an --option the format does not take
+        print(f"invsolve info: error: {err}", file=sys.stderr)
+        return 2
+    parameters = sum(p.numel() for p in prior.parameters()) if hasattr(prior, "parameters") else "?"
+    print("\n".join(_card_lines(prior.card, str(args.prior or args.repo_id), f"{parameters} parameters loaded")))
     return 0
 
 
@@ -213,8 +243,20 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("what", choices=["priors", "samplers", "operators"])
     lst.set_defaults(func=_list)
 
-    info = sub.add_parser("info", help="show a prior's card (shipped name or folder)")
-    info.add_argument("prior")
+    info = sub.add_parser("info", help="show a prior's card: a shipped name or folder, or any checkpoint the loaders "
+                          "read (loaded to build its card)")
+    info.add_argument("prior", nargs="?", default=None,
+                      help="prior name, invsolve folder, checkpoint file or diffusers folder")
+    info.add_argument("--format", default=None, help="checkpoint format (default: detected from the file)")
+    info.add_argument("--sha256", default=None, help="expected sha256 of the checkpoint file")
+    info.add_argument("--repo-id", default=None, help="Hugging Face Hub repository to fetch (with --download)")
+    info.add_argument("--filename", default=None, help="file in --repo-id (default: the whole repository)")
+    info.add_argument("--revision", default=None, help="revision of --repo-id")
+    info.add_argument("--option", action="append", type=_key_value, metavar="KEY=VALUE",
+                      help="a loader option, VALUE parsed as JSON when it parses (e.g. config='{\"image_size\": 64}', "
+                           "ema=false); repeatable")
+    info.add_argument("--download", action="store_true",
+                      help="allow fetching --repo-id from the Hugging Face Hub; nothing is downloaded without it")
     info.set_defaults(func=_info)
 
     ev = sub.add_parser("evaluate", help="held-out one-step denoising PSNR of a prior against a tuned TV denoiser")

@@ -488,3 +488,25 @@ def test_download_happens_only_when_asked(tmp_path, adm_file, monkeypatch):
     prior = iv.load_prior(missing, repo_id="someone/adm", filename="tiny_adm.pt", revision="abc", download=True,
                           config=ADM_TINY)
     assert calls == [("someone/adm", "tiny_adm.pt", "abc")] and prior.card.metadata["format"] == "adm"
+
+
+def test_cli_info_loads_a_checkpoint_and_downloads_only_with_the_flag(tmp_path, adm_file, monkeypatch, capsys):
+    import json
+
+    from invsolve.cli import main
+
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    path, _ = adm_file
+    config = ["--option", "config=" + json.dumps(ADM_TINY)]
+    assert main(["info", str(path), *config]) == 0
+    out = capsys.readouterr().out
+    assert "diffusion (vp-eps)" in out and "(3, 16, 16)" in out and "parameters loaded" in out
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda repo_id, filename, revision=None, cache_dir=None: calls.append(repo_id) or str(path))
+    hub = ["--repo-id", "someone/adm", "--filename", "tiny_adm.pt", *config]
+    assert main(["info", *hub]) == 2
+    assert "--download" in capsys.readouterr().err and calls == []
+    assert main(["info", *hub, "--download"]) == 0 and calls == ["someone/adm"]
+    assert main(["info", str(path), "--option", "no_such_option=1"]) == 2
+    assert "does not take option" in capsys.readouterr().err

@@ -36,10 +36,8 @@ from deepinv.physics import LinearPhysics
 
 from operators.mri import SenseMRI, SingleCoilMRI, center_crop, ifftc
 
-from .baselines import lowres_maps
+from .baselines import SCALE_PERCENTILE, coil_kspace, lowres_maps
 from .masks import volume_mask  # noqa: F401 (the benchmark's mask: fastMRI's, seeded per file)
-
-SCALE_PERCENTILE = 99.5
 
 
 class EmbeddedMRI(LinearPhysics):
@@ -109,18 +107,6 @@ class MRIProblemParts:
     mask: torch.Tensor       # (W,)
     target_size: tuple[int, int]
     grid: tuple[int, int]    # the prior's image size
-
-
-def coil_kspace(volume) -> torch.Tensor:
-    """Complex k-space (S, N, H, W) of a volume (single-coil files get N = 1)."""
-    kspace = torch.as_tensor(np.asarray(volume.kspace))
-    if not kspace.is_complex():
-        raise ValueError(f"{volume.fname}: k-space must be complex, got {kspace.dtype}")
-    if kspace.ndim == 3:
-        kspace = kspace[:, None]
-    if kspace.ndim != 4:
-        raise ValueError(f"{volume.fname}: k-space must be (slices, [coils,] H, W), got {tuple(kspace.shape)}")
-    return kspace.to(torch.complex64)
 
 
 def target_size(volume) -> tuple[int, int]:

@@ -211,7 +211,8 @@ def load_prior(name_or_path: str | Path | None = None, device: str | torch.devic
         elif repo_id is not None:
             if not download:
                 raise FileNotFoundError(f"{name_or_path or repo_id!r} is not a local file; invsolve downloads only when "
-                                        f"asked: pass download=True to fetch {repo_id!r} from the Hugging Face Hub")
+                                        f"asked: pass download=True (--download on the command line) to fetch {repo_id!r} "
+                                        "from the Hugging Face Hub")
             path = _download(repo_id, filename, revision, cache_dir)
         elif name_or_path is None:
             raise ValueError("give a prior name or path, or repo_id= with download=True")
