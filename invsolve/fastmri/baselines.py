@@ -42,10 +42,11 @@ DEFAULTS: dict[str, dict] = {
     "zero-filled": {},
     "sense": {"max_iter": 10, "tol": 1e-6, "tikhonov": 0.0},
     "l1-wavelet": {"lamda": 0.001, "max_iter": 100, "wave_name": "db4"},
-    "tv": {"lam": 0.01, "iterations": 60, "prox_iterations": 20},
+    "tv": {"lam": 0.01, "iterations": 200, "prox_iterations": 20},
 }
 """Method options and their defaults (weights relative to a unit-intensity image; chosen on the
-synthetic held-out split at 4x and 8x, see docs/fastmri.md); every method but ``zero-filled``
+synthetic set's training split at 4x and 8x by ``benchmarks/fastmri/tune.py``, table in
+``benchmarks/fastmri/tune_baselines.md``); every method but ``zero-filled``
 also takes the coil-map options ``MAP_OPTIONS``."""
 
 MAP_OPTIONS = {"coil_maps": "auto", "calib_width": 24, "kernel_width": 6, "thresh": 0.02, "crop": 0.95}
