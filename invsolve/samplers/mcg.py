@@ -85,6 +85,12 @@ class MCG:
         # cg_iters 5: 22.7, noise_aware 21.3); the official CT variant, too, weights its MCG term 0.1.
         # See docs/samplers.md
         "ct-sparse8": dict(steps=200, alpha=0.3, schedule="karras", cg_iters=10),
+        # invsolve's deblur-gauss61 at sigma_y 0.025 (MCG's paper has no deblurring): the hard
+        # projection through the 61x61 blur's pseudo-inverse amplifies the noise of y (9.5 dB on the
+        # held-out phantoms); tune on training-distribution phantoms (seed 123,
+        # benchmarks/phantom/tune_presets.py --task deblur): noise_aware 22.63 dB (alpha 0.3: 22.63),
+        # hard projection with cg_iters 5: 20.61, pseudo-inverse 16.93. See docs/samplers.md
+        "deblur": dict(steps=200, schedule="karras", noise_aware=True),
     }
 
     def run(self, prior, problem, x_shape, generator, callback=None):
