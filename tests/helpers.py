@@ -34,6 +34,24 @@ def measure(gm, physics, sigma_y, seed=5):
     return iv.Problem(physics, y, sigma_y=sigma_y)
 
 
+def check_exactness(method, name, sigma_y, ratio=0.25, mean=0.25, nfe=None, n=1000, label=None, **overrides):
+    """The exactness criterion on ``linear_problems()[name]`` at ``sigma_y``: sliced-Wasserstein
+    ratio <= ``ratio`` (skipped for ``None``) and posterior-mean error <= ``mean`` times the
+    prior-mean error; ``nfe``, when given, is the NFE the sampler must report. Returns the report."""
+    from invsolve.exactness import exactness_report
+
+    gm = mixture()
+    problem = measure(gm, linear_problems()[name], sigma_y)
+    report = exactness_report(method, gm, problem, n=n, **overrides)
+    print(f"\n{label or method} exactness {name} sigma_y={sigma_y}: {report}")
+    if nfe is not None:
+        assert report["nfe"] == nfe
+    if ratio is not None:
+        assert report["ratio"] <= ratio
+    assert report["mean_error"] <= mean * report["prior_mean_error"]
+    return report
+
+
 def as_kind(gm, parameterization):
     """The mixture ``gm`` behind a real adapter: ``"ve-score"`` (a VE diffusion prior) or
     ``"flow-velocity"`` (a rectified-flow prior), so samplers can be checked per prior kind

@@ -4,11 +4,10 @@ from deepinv.physics import Physics
 
 import invsolve as iv
 import operators as ops
-from invsolve.exactness import exactness_report
 from invsolve.samplers.daps import annealing_sigmas, data_grad, operator_norm_sq
 from invsolve.samplers.dps import residual_norm
 
-from helpers import as_kind, linear_problems, measure, mixture, tiny_prior, smoke_problem
+from helpers import check_exactness, as_kind, linear_problems, measure, mixture, tiny_prior, smoke_problem
 
 # DAPS-1K at its documented defaults (200 levels x 5 ODE steps, 100 Langevin steps, tau = true
 # sigma_y, step normalised by max(1, ||A||^2)). On the masking problem the 200-level annealing
@@ -30,24 +29,13 @@ def one_thread():
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])
 @pytest.mark.parametrize("name", ["inpainting", "gaussian"])
 def test_daps_defaults_approach_exact_posterior(name, sigma_y):
-    gm = mixture()
-    problem = measure(gm, linear_problems()[name], sigma_y)
-    report = exactness_report("daps", gm, problem, n=1000)
-    print(f"\nDAPS exactness {name} sigma_y={sigma_y}: {report}")
-    assert report["nfe"] == 1000
-    assert report["ratio"] <= RATIO_BOUND[name]
-    assert report["mean_error"] <= 0.25 * report["prior_mean_error"]
+    check_exactness("daps", name, sigma_y, RATIO_BOUND[name], nfe=1000, label="DAPS")
 
 
 def test_daps_hmc_variant_approaches_exact_posterior():
-    gm = mixture()
-    problem = measure(gm, linear_problems()["gaussian"], 0.1)
     # the official pixel_hmc super-resolution chain (12 damped-HMC steps, momentum 0.9) at the default step
-    report = exactness_report("daps", gm, problem, n=1000, mc_algo="hmc", mc_steps=12, momentum=0.9,
-                              lr_min_ratio=0.012)
-    print(f"\nDAPS-HMC exactness gaussian sigma_y=0.1: {report}")
-    assert report["ratio"] <= 0.25
-    assert report["mean_error"] <= 0.25 * report["prior_mean_error"]
+    check_exactness("daps", "gaussian", 0.1, label="DAPS-HMC", mc_algo="hmc", mc_steps=12, momentum=0.9,
+                    lr_min_ratio=0.012)
 
 
 def test_operator_norm_and_step_normalisation():

@@ -5,11 +5,10 @@ import torch
 from deepinv.physics import Physics
 
 import invsolve as iv
-from invsolve.exactness import exactness_report
 from invsolve.priors import Prior, PriorCard
 from invsolve.priors.adapters import DDPMSchedule
 
-from helpers import linear_problems, matrix_physics, measure, mixture, smoke_problem, assert_batched_equals_single, assert_prior_kinds_agree
+from helpers import check_exactness, linear_problems, matrix_physics, mixture, smoke_problem, assert_batched_equals_single, assert_prior_kinds_agree
 
 # DiffPIR at its documented (official deblurring) defaults: 100 steps on the quad grid, lambda 7,
 # zeta 0.3. Its data step only moves the measured part of x0_hat (the prox with rho ~ 0 at high
@@ -28,13 +27,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])
 @pytest.mark.parametrize("name", ["inpainting", "gaussian"])
 def test_diffpir_defaults_against_exact_posterior(name, sigma_y):
-    gm = mixture()
-    problem = measure(gm, linear_problems()[name], sigma_y)
-    report = exactness_report("diffpir", gm, problem, n=1000)
-    print(f"\nDiffPIR exactness {name} sigma_y={sigma_y}: {report}")
-    assert report["nfe"] == 100
-    assert report["ratio"] <= RATIO_BOUND[name]
-    assert report["mean_error"] <= MEAN_BOUND[name] * report["prior_mean_error"]
+    check_exactness("diffpir", name, sigma_y, RATIO_BOUND[name], MEAN_BOUND[name], nfe=100, label="DiffPIR")
 
 
 def test_sampler_matches_the_official_vp_loop():

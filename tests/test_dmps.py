@@ -5,10 +5,9 @@ import torch
 from deepinv.physics import Physics
 
 import invsolve as iv
-from invsolve.exactness import exactness_report
 from invsolve.samplers.base import ancestral_step, sigma_grid
 
-from helpers import linear_problems, measure, mixture, smoke_problem, assert_batched_equals_single, assert_prior_kinds_agree
+from helpers import check_exactness, linear_problems, measure, mixture, smoke_problem, assert_batched_equals_single, assert_prior_kinds_agree
 
 # DMPS at its documented (official) defaults: 1000 DDPM steps, scale 1.75. Its likelihood
 # approximation p(x0 | x_t) ~ N(x_t, sigma_t^2 I) ignores the prior, so on the masking problem the
@@ -23,13 +22,7 @@ MEAN_BOUND = {"inpainting": 0.75, "gaussian": 0.2}  # times the prior-mean error
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])
 @pytest.mark.parametrize("name", ["inpainting", "gaussian"])
 def test_dmps_defaults_against_exact_posterior(name, sigma_y):
-    gm = mixture()
-    problem = measure(gm, linear_problems()[name], sigma_y)
-    report = exactness_report("dmps", gm, problem, n=1000)
-    print(f"\nDMPS exactness {name} sigma_y={sigma_y}: {report}")
-    assert report["nfe"] == 1000
-    assert report["ratio"] <= RATIO_BOUND[name]
-    assert report["mean_error"] <= MEAN_BOUND[name] * report["prior_mean_error"]
+    check_exactness("dmps", name, sigma_y, RATIO_BOUND[name], MEAN_BOUND[name], nfe=1000, label="DMPS")
 
 
 def test_loop_with_exact_likelihood_reaches_the_posterior():

@@ -4,20 +4,14 @@ from deepinv.physics import Physics
 
 import invsolve as iv
 import operators as ops
-from invsolve.exactness import exactness_report
 
-from helpers import linear_problems, measure, mixture, tiny_prior, assert_batched_equals_single
+from helpers import check_exactness, linear_problems, measure, mixture, tiny_prior, assert_batched_equals_single
 
 
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])
 @pytest.mark.parametrize("name", ["inpainting", "gaussian"])
 def test_dps_defaults_approach_exact_posterior(name, sigma_y):
-    gm = mixture()
-    problem = measure(gm, linear_problems()[name], sigma_y)
-    report = exactness_report("dps", gm, problem, n=1000)
-    print(f"\nDPS exactness {name} sigma_y={sigma_y}: {report}")
-    assert report["ratio"] <= 0.25
-    assert report["mean_error"] <= 0.25 * report["prior_mean_error"]
+    check_exactness("dps", name, sigma_y, label="DPS")
 
 
 def test_batched_draws_equal_single_draws_with_same_generators():

@@ -4,22 +4,15 @@ from deepinv.physics import Physics
 
 import invsolve as iv
 import operators as ops
-from invsolve.exactness import exactness_report
 from invsolve.samplers.flowdps import FlowDPS, shifted_times
 
-from helpers import as_kind, linear_problems, measure, mixture, tiny_prior, assert_batched_equals_single
+from helpers import check_exactness, as_kind, linear_problems, measure, mixture, tiny_prior, assert_batched_equals_single
 
 
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])
 @pytest.mark.parametrize("name", ["inpainting", "gaussian"])
 def test_flowdps_defaults_approach_exact_posterior(name, sigma_y):
-    gm = mixture()
-    problem = measure(gm, linear_problems()[name], sigma_y)
-    report = exactness_report("flowdps", gm, problem, n=1000)
-    print(f"\nFlowDPS exactness {name} sigma_y={sigma_y}: {report}")
-    assert report["nfe"] == 28
-    assert report["ratio"] <= 0.25
-    assert report["mean_error"] <= 0.25 * report["prior_mean_error"]
+    check_exactness("flowdps", name, sigma_y, nfe=28, label="FlowDPS")
 
 
 @pytest.mark.parametrize("kind", ["flow-velocity", "ve-score"])
@@ -68,10 +61,7 @@ def test_guidance_reduces_residual_for_nonlinear_physics():
 
 @pytest.mark.parametrize("loss", ["adjoint", "pinv"])
 def test_official_losses_on_linear_problems(loss):
-    gm = mixture()
-    problem = measure(gm, linear_problems()["inpainting"], 0.01)
-    report = exactness_report("flowdps", gm, problem, n=200, loss=loss)
-    assert report["mean_error"] <= 0.25 * report["prior_mean_error"]
+    check_exactness("flowdps", "inpainting", 0.01, ratio=None, n=200, loss=loss)
 
 
 @pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])

@@ -4,10 +4,9 @@ from deepinv.physics import Physics
 
 import invsolve as iv
 import operators as ops
-from invsolve.exactness import exactness_report
 from invsolve.samplers.linalg import LinearPart
 
-from helpers import linear_problems, measure, mixture, smoke_problem, assert_prior_kinds_agree
+from helpers import check_exactness, linear_problems, measure, mixture, smoke_problem, assert_prior_kinds_agree
 
 # MCG at its documented (official) defaults: 1000 DDPM steps, alpha = 1 on the non-squared
 # residual norm, hard projection onto the noised measurement. The official weight is a fixed
@@ -22,22 +21,12 @@ MEAN_BOUND = {"inpainting": 0.72, "gaussian": 0.3}  # times the prior-mean error
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])
 @pytest.mark.parametrize("name", ["inpainting", "gaussian"])
 def test_mcg_defaults_against_exact_posterior(name, sigma_y):
-    gm = mixture()
-    problem = measure(gm, linear_problems()[name], sigma_y)
-    report = exactness_report("mcg", gm, problem, n=1000)
-    print(f"\nMCG exactness {name} sigma_y={sigma_y}: {report}")
-    assert report["nfe"] == 1000
-    assert report["ratio"] <= RATIO_BOUND[name]
-    assert report["mean_error"] <= MEAN_BOUND[name] * report["prior_mean_error"]
+    check_exactness("mcg", name, sigma_y, RATIO_BOUND[name], MEAN_BOUND[name], nfe=1000, label="MCG")
 
 
 @pytest.mark.parametrize("name", ["inpainting", "gaussian"])
 def test_mcg_at_50_steps_approaches_exact_posterior(name):
-    gm = mixture()
-    problem = measure(gm, linear_problems()[name], 0.01)
-    report = exactness_report("mcg", gm, problem, n=1000, steps=50)
-    assert report["ratio"] <= 0.1
-    assert report["mean_error"] <= 0.1 * report["prior_mean_error"]
+    check_exactness("mcg", name, 0.01, ratio=0.1, mean=0.1, steps=50)
 
 
 def test_flow_and_score_priors_give_the_same_samples_as_the_mixture():

@@ -5,10 +5,9 @@ import torch
 from deepinv.physics import Physics
 
 import invsolve as iv
-from invsolve.exactness import exactness_report
 from invsolve.priors.adapters import DDPMSchedule
 
-from helpers import linear_problems, measure, mixture, smoke_problem, assert_batched_equals_single, assert_prior_kinds_agree
+from helpers import check_exactness, linear_problems, measure, mixture, smoke_problem, assert_batched_equals_single, assert_prior_kinds_agree
 
 # ΠGDM at its documented (reference) defaults: 100 DDPM steps on the reference's uniform grid,
 # eta 1, w 1 (RED-diff sample_test.sh). On the coordinate mask its isotropic covariance r_t^2 I
@@ -25,23 +24,13 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])
 @pytest.mark.parametrize("name", ["inpainting", "gaussian"])
 def test_pigdm_defaults_against_exact_posterior(name, sigma_y):
-    gm = mixture()
-    problem = measure(gm, linear_problems()[name], sigma_y)
-    report = exactness_report("pigdm", gm, problem, n=1000)
-    print(f"\nΠGDM exactness {name} sigma_y={sigma_y}: {report}")
-    assert report["nfe"] == 100
-    assert report["ratio"] <= RATIO_BOUND[name]
-    assert report["mean_error"] <= 0.25 * report["prior_mean_error"]
+    check_exactness("pigdm", name, sigma_y, RATIO_BOUND[name], nfe=100, label="ΠGDM")
 
 
 def test_pigdm_reference_batch_setting_reaches_the_posterior_on_the_mask():
-    gm = mixture()
-    problem = measure(gm, linear_problems()["inpainting"], 0.01)
     # 300 draws (cheaper; their noise floor is ~0.024 instead of 0.009): measured ratio 0.046
     # (0.037 with 1000 draws), mean error 0.41 of 8.8
-    report = exactness_report("pigdm", gm, problem, n=300, steps=1000)
-    assert report["ratio"] <= 0.08
-    assert report["mean_error"] <= 0.1 * report["prior_mean_error"]
+    check_exactness("pigdm", "inpainting", 0.01, ratio=0.08, mean=0.1, n=300, steps=1000)
 
 
 def test_sampler_matches_the_reference_vp_loop():

@@ -5,11 +5,10 @@ import torch
 from deepinv.physics import Physics
 
 import invsolve as iv
-from invsolve.exactness import exactness_report
 from invsolve.priors.adapters import DDPMSchedule
 from invsolve.samplers.reddiff import WEIGHTINGS
 
-from helpers import as_kind, linear_problems, matrix_physics, measure, mixture, smoke_problem, assert_batched_equals_single
+from helpers import check_exactness, as_kind, linear_problems, matrix_physics, measure, mixture, smoke_problem, assert_batched_equals_single
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
@@ -21,12 +20,7 @@ def test_reddiff_defaults_mean_matches_exact_posterior_mean(name, sigma_y):
     """RED-Diff returns a variational point estimate per draw, so the criterion is the posterior
     mean only (issue 6). 200 draws instead of 1000 keep the file fast: the Monte-Carlo error of
     their mean is ~0.1 against a bound of ~2 (measured 0.08-0.19 at 200 and 1000 draws)."""
-    gm = mixture()
-    problem = measure(gm, linear_problems()[name], sigma_y)
-    report = exactness_report("reddiff", gm, problem, n=200)
-    print(f"\nRED-Diff exactness {name} sigma_y={sigma_y}: {report}")
-    assert report["nfe"] == 1000
-    assert report["mean_error"] <= 0.25 * report["prior_mean_error"]
+    check_exactness("reddiff", name, sigma_y, ratio=None, nfe=1000, n=200, label="RED-Diff")
 
 
 def _scaled_problem():
@@ -84,12 +78,8 @@ def test_pseudo_inverse_start():
 def test_snr_weightings_run_and_regularise(weighting):
     """Each official denoise_term_weight runs; at 200 steps the draws' mean is near the posterior
     mean and the regulariser moves the estimate off the (noisy) pseudo-inverse start."""
-    gm = mixture()
-    problem = measure(gm, linear_problems()["gaussian"], 0.1)
-    report = exactness_report("reddiff", gm, problem, n=64, steps=200, weighting=weighting)
-    print(f"\nRED-Diff {weighting}: {report}")
-    assert report["nfe"] == 200
-    assert report["mean_error"] <= 0.25 * report["prior_mean_error"]
+    check_exactness("reddiff", "gaussian", 0.1, ratio=None, nfe=200, n=64, label=f"RED-Diff {weighting}", steps=200,
+                    weighting=weighting)
 
 
 def test_all_official_weightings_are_accepted_and_unknown_rejected():
