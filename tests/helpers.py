@@ -1,7 +1,7 @@
 """Shared test fixtures: a Gaussian-mixture benchmark and tiny priors."""
 
 import torch
-from deepinv.physics import LinearPhysics
+from deepinv.physics import LinearPhysics, Physics
 
 import invsolve as iv
 
@@ -142,3 +142,31 @@ def assert_prior_kinds_agree(method, tol=1e-3, **overrides):
     for kind in ("flow-velocity", "ve-score"):
         other = iv.sample(method, as_kind(gm, kind), problem, generator=torch.Generator().manual_seed(3), **overrides)
         torch.testing.assert_close(other.samples, plain.samples, rtol=tol, atol=tol)
+
+
+class Tanh(Physics):
+    """A nonlinear forward model, ``A(x) = tanh(x)``."""
+
+    def A(self, x, **kwargs):
+        return torch.tanh(x)
+
+
+def tanh_problem():
+    """(mixture in d = 8, its sample, the problem y = tanh(sample) at sigma_y = 0.01)."""
+    gm = mixture(d=8, k=2)
+    truth = gm.sample(1, torch.Generator().manual_seed(0))
+    return gm, truth, iv.Problem(Tanh(), torch.tanh(truth), sigma_y=0.01)
+
+
+def run_smoke(method, shape, dims, operator, nfe, callbacks, **overrides):
+    """3 draws of ``method`` on ``smoke_problem``: shapes, finite samples, reported NFE and one
+    callback per step. Returns (problem, truth, posterior, callback payloads)."""
+    prior, _, truth, problem = smoke_problem(shape, dims, operator)
+    seen = []
+    post = iv.sample(method, prior, problem, n_samples=3, generator=torch.Generator().manual_seed(0),
+                     callback=seen.append, **overrides)
+    assert post.samples.shape == (3, 2, *shape)
+    assert post.mean.shape == truth.shape and post.std.shape == truth.shape
+    assert torch.isfinite(post.samples).all() and post.nfe == nfe and post.seconds > 0
+    assert [s["step"] for s in seen] == list(range(callbacks))
+    return problem, truth, post, seen

@@ -1,13 +1,12 @@
 import pytest
 import torch
-from deepinv.physics import Physics
 
 import invsolve as iv
 import operators as ops
 from invsolve.samplers.daps import annealing_sigmas, data_grad, operator_norm_sq
 from invsolve.samplers.dps import residual_norm
 
-from helpers import check_exactness, as_kind, linear_problems, measure, mixture, tiny_prior, smoke_problem
+from helpers import run_smoke, tanh_problem, check_exactness, as_kind, linear_problems, measure, mixture, tiny_prior
 
 # DAPS-1K at its documented defaults (200 levels x 5 ODE steps, 100 Langevin steps, tau = true
 # sigma_y, step normalised by max(1, ||A||^2)). On the masking problem the 200-level annealing
@@ -87,14 +86,8 @@ def test_batched_draws_equal_single_draws_with_same_generators():
 @pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])
 @pytest.mark.parametrize("operator", ["ct", "inpainting", "gaussian-blur"])
 def test_daps_smoke_2d_and_3d(shape, dims, operator):
-    prior, physics, truth, problem = smoke_problem(shape, dims, operator)
-    seen = []
-    post = iv.sample("daps", prior, problem, n_samples=3, generator=torch.Generator().manual_seed(0),
-                     levels=3, ode_steps=2, mc_steps=4, lr=1e-7, callback=seen.append)
-    assert post.samples.shape == (3, 2, *shape)
-    assert post.mean.shape == truth.shape and post.std.shape == truth.shape
-    assert torch.isfinite(post.samples).all() and post.nfe == 6 and post.seconds > 0
-    assert [s["step"] for s in seen] == [0, 1, 2] and seen[-1]["sigma"] > 0
+    problem, truth, post, seen = run_smoke("daps", shape, dims, operator, nfe=6, callbacks=3, levels=3, ode_steps=2, mc_steps=4, lr=1e-7)
+    assert seen[-1]["sigma"] > 0
 
 
 def test_langevin_pulls_samples_to_the_measurement():
@@ -108,13 +101,7 @@ def test_langevin_pulls_samples_to_the_measurement():
 
 
 def test_daps_fits_nonlinear_physics():
-    class Tanh(Physics):
-        def A(self, x, **kwargs):
-            return torch.tanh(x)
-
-    gm = mixture(d=8, k=2)
-    truth = gm.sample(1, torch.Generator().manual_seed(0))
-    problem = iv.Problem(Tanh(), torch.tanh(truth), sigma_y=0.01)
+    gm, truth, problem = tanh_problem()
     kw = dict(n_samples=64, levels=50)
     guided = iv.sample("daps", gm, problem, generator=torch.Generator().manual_seed(1), **kw)
     free = iv.sample("daps", gm, problem, generator=torch.Generator().manual_seed(1), mc_steps=0, **kw)

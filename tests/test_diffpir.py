@@ -2,13 +2,12 @@ import math
 
 import pytest
 import torch
-from deepinv.physics import Physics
 
 import invsolve as iv
 from invsolve.priors import Prior, PriorCard
 from invsolve.priors.adapters import DDPMSchedule
 
-from helpers import check_exactness, linear_problems, matrix_physics, mixture, smoke_problem, assert_batched_equals_single, assert_prior_kinds_agree
+from helpers import run_smoke, tanh_problem, check_exactness, linear_problems, matrix_physics, mixture, assert_batched_equals_single, assert_prior_kinds_agree
 
 # DiffPIR at its documented (official deblurring) defaults: 100 steps on the quad grid, lambda 7,
 # zeta 0.3. Its data step only moves the measured part of x0_hat (the prox with rho ~ 0 at high
@@ -88,14 +87,7 @@ def test_batched_draws_equal_single_draws_with_same_generators():
 @pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])
 @pytest.mark.parametrize("operator", ["ct", "inpainting", "gaussian-blur"])
 def test_diffpir_smoke_2d_and_3d(shape, dims, operator):
-    prior, physics, truth, problem = smoke_problem(shape, dims, operator)
-    seen = []
-    post = iv.sample("diffpir", prior, problem, n_samples=3, generator=torch.Generator().manual_seed(0),
-                     steps=4, cg_iters=5, callback=seen.append)
-    assert post.samples.shape == (3, 2, *shape)
-    assert post.mean.shape == truth.shape and post.std.shape == truth.shape
-    assert torch.isfinite(post.samples).all() and post.nfe == 4 and post.seconds > 0
-    assert [s["step"] for s in seen] == [0, 1, 2, 3]
+    problem, truth, post, seen = run_smoke("diffpir", shape, dims, operator, nfe=4, callbacks=4, steps=4, cg_iters=5)
     # the output is the last data step started at the last denoised estimate: it fits y at least as well
     res = problem.residual(problem.to_model(post.samples.reshape(6, *shape))).flatten(1).norm(dim=1)
     res0 = problem.residual(seen[-1]["denoised"]).flatten(1).norm(dim=1)
@@ -103,12 +95,7 @@ def test_diffpir_smoke_2d_and_3d(shape, dims, operator):
 
 
 def test_diffpir_rejects_nonlinear_physics_and_bad_options():
-    class Tanh(Physics):
-        def A(self, x, **kwargs):
-            return torch.tanh(x)
-
-    gm = mixture(d=8, k=2)
-    problem = iv.Problem(Tanh(), torch.zeros(1, 8), sigma_y=0.01)
+    gm, _, problem = tanh_problem()
     with pytest.raises(TypeError, match="linear physics"):
         iv.sample("diffpir", gm, problem, steps=5)
     with pytest.raises(ValueError, match="zeta"):

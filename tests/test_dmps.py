@@ -2,12 +2,11 @@ import math
 
 import pytest
 import torch
-from deepinv.physics import Physics
 
 import invsolve as iv
 from invsolve.samplers.base import ancestral_step, sigma_grid
 
-from helpers import check_exactness, linear_problems, measure, mixture, smoke_problem, assert_batched_equals_single, assert_prior_kinds_agree
+from helpers import run_smoke, tanh_problem, check_exactness, linear_problems, measure, mixture, assert_batched_equals_single, assert_prior_kinds_agree
 
 # DMPS at its documented (official) defaults: 1000 DDPM steps, scale 1.75. Its likelihood
 # approximation p(x0 | x_t) ~ N(x_t, sigma_t^2 I) ignores the prior, so on the masking problem the
@@ -82,14 +81,7 @@ def test_update_matches_the_official_vp_formula():
 @pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])
 @pytest.mark.parametrize("operator", ["ct", "inpainting", "gaussian-blur"])
 def test_dmps_smoke_2d_and_3d(shape, dims, operator):
-    prior, physics, truth, problem = smoke_problem(shape, dims, operator)
-    seen = []
-    post = iv.sample("dmps", prior, problem, n_samples=3, generator=torch.Generator().manual_seed(0),
-                     steps=4, schedule="karras", callback=seen.append)
-    assert post.samples.shape == (3, 2, *shape)
-    assert post.mean.shape == truth.shape and post.std.shape == truth.shape
-    assert torch.isfinite(post.samples).all() and post.nfe == 4 and post.seconds > 0
-    assert [s["step"] for s in seen] == [0, 1, 2, 3]
+    problem, truth, post, seen = run_smoke("dmps", shape, dims, operator, nfe=4, callbacks=4, steps=4, schedule="karras")
 
 
 def test_likelihood_step_pulls_samples_to_the_measurement():
@@ -103,11 +95,6 @@ def test_likelihood_step_pulls_samples_to_the_measurement():
 
 
 def test_dmps_rejects_nonlinear_physics():
-    class Tanh(Physics):
-        def A(self, x, **kwargs):
-            return torch.tanh(x)
-
-    gm = mixture(d=8, k=2)
-    problem = iv.Problem(Tanh(), torch.zeros(1, 8), sigma_y=0.01)
+    gm, _, problem = tanh_problem()
     with pytest.raises(TypeError, match="linear physics"):
         iv.sample("dmps", gm, problem, steps=5)

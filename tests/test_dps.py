@@ -1,11 +1,10 @@
 import pytest
 import torch
-from deepinv.physics import Physics
 
 import invsolve as iv
 import operators as ops
 
-from helpers import check_exactness, linear_problems, measure, mixture, tiny_prior, assert_batched_equals_single
+from helpers import tanh_problem, check_exactness, linear_problems, measure, mixture, tiny_prior, assert_batched_equals_single
 
 
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])
@@ -31,13 +30,7 @@ def test_dps_smoke_2d_and_3d_ct(shape, dims):
 
 
 def test_dps_guidance_fits_nonlinear_physics():
-    class Tanh(Physics):
-        def A(self, x, **kwargs):
-            return torch.tanh(x)
-
-    gm = mixture(d=8, k=2)
-    truth = gm.sample(1, torch.Generator().manual_seed(0))
-    problem = iv.Problem(Tanh(), torch.tanh(truth), sigma_y=0.01)
+    gm, truth, problem = tanh_problem()
     guided = iv.sample("dps", gm, problem, n_samples=64, generator=torch.Generator().manual_seed(1), steps=200)
     free = iv.sample("dps", gm, problem, n_samples=64, generator=torch.Generator().manual_seed(1), steps=200, zeta=0.0)
     res = lambda p: float((torch.tanh(p.samples[:, 0]) - torch.tanh(truth)).norm(dim=-1).mean())  # noqa: E731

@@ -1,12 +1,11 @@
 import pytest
 import torch
-from deepinv.physics import Physics
 
 import invsolve as iv
 import operators as ops
 from invsolve.samplers.flowdps import FlowDPS, shifted_times
 
-from helpers import check_exactness, as_kind, linear_problems, measure, mixture, tiny_prior, assert_batched_equals_single
+from helpers import tanh_problem, check_exactness, as_kind, linear_problems, measure, mixture, tiny_prior, assert_batched_equals_single
 
 
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])
@@ -44,13 +43,7 @@ def test_time_grid_is_sd3_shifted_schedule():
 
 
 def test_guidance_reduces_residual_for_nonlinear_physics():
-    class Tanh(Physics):
-        def A(self, x, **kwargs):
-            return torch.tanh(x)
-
-    gm = mixture(d=8, k=2)
-    truth = gm.sample(1, torch.Generator().manual_seed(0))
-    problem = iv.Problem(Tanh(), torch.tanh(truth), sigma_y=0.01)
+    gm, truth, problem = tanh_problem()
     guided = iv.sample("flowdps", gm, problem, n_samples=64, generator=torch.Generator().manual_seed(1))
     free = iv.sample("flowdps", gm, problem, n_samples=64, generator=torch.Generator().manual_seed(1), step_size=0.0)
     res = lambda p: float((torch.tanh(p.samples[:, 0]) - torch.tanh(truth)).norm(dim=-1).mean())  # noqa: E731

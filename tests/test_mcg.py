@@ -1,12 +1,11 @@
 import pytest
 import torch
-from deepinv.physics import Physics
 
 import invsolve as iv
 import operators as ops
 from invsolve.samplers.linalg import LinearPart
 
-from helpers import check_exactness, linear_problems, measure, mixture, smoke_problem, assert_prior_kinds_agree
+from helpers import run_smoke, tanh_problem, check_exactness, linear_problems, measure, mixture, assert_prior_kinds_agree
 
 # MCG at its documented (official) defaults: 1000 DDPM steps, alpha = 1 on the non-squared
 # residual norm, hard projection onto the noised measurement. The official weight is a fixed
@@ -58,14 +57,7 @@ def test_projection_puts_samples_on_the_noised_measurement():
 @pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])
 @pytest.mark.parametrize("operator", ["ct", "inpainting", "gaussian-blur"])
 def test_mcg_smoke_2d_and_3d_and_residual_decreases(shape, dims, operator):
-    prior, physics, truth, problem = smoke_problem(shape, dims, operator)
-    seen = []
-    post = iv.sample("mcg", prior, problem, n_samples=3, generator=torch.Generator().manual_seed(0),
-                     steps=4, schedule="karras", callback=seen.append)
-    assert post.samples.shape == (3, 2, *shape)
-    assert post.mean.shape == truth.shape and post.std.shape == truth.shape
-    assert torch.isfinite(post.samples).all() and post.nfe == 4 and post.seconds > 0
-    assert [s["step"] for s in seen] == [0, 1, 2, 3]
+    problem, truth, post, seen = run_smoke("mcg", shape, dims, operator, nfe=4, callbacks=4, steps=4, schedule="karras")
     flat = lambda r: r.reshape(r.shape[0], -1).norm(dim=1)  # noqa: E731
     unguided = flat(problem.residual(seen[0]["denoised"]))
     final = flat(problem.residual(problem.to_model(post.samples.reshape(6, *shape))))
@@ -94,12 +86,7 @@ def test_linear_part_backends_agree():
 
 
 def test_mcg_rejects_nonlinear_physics():
-    class Tanh(Physics):
-        def A(self, x, **kwargs):
-            return torch.tanh(x)
-
-    gm = mixture(d=8, k=2)
-    problem = iv.Problem(Tanh(), torch.zeros(1, 8), sigma_y=0.01)
+    gm, _, problem = tanh_problem()
     with pytest.raises(TypeError, match="linear physics"):
         iv.sample("mcg", gm, problem, steps=5)
 

@@ -2,12 +2,11 @@ import math
 
 import pytest
 import torch
-from deepinv.physics import Physics
 
 import invsolve as iv
 from invsolve.priors.adapters import DDPMSchedule
 
-from helpers import check_exactness, linear_problems, measure, mixture, smoke_problem, assert_batched_equals_single, assert_prior_kinds_agree
+from helpers import run_smoke, tanh_problem, check_exactness, linear_problems, measure, mixture, assert_batched_equals_single, assert_prior_kinds_agree
 
 # ΠGDM at its documented (reference) defaults: 100 DDPM steps on the reference's uniform grid,
 # eta 1, w 1 (RED-diff sample_test.sh). On the coordinate mask its isotropic covariance r_t^2 I
@@ -89,23 +88,11 @@ def test_guidance_pulls_samples_to_the_measurement():
 @pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])
 @pytest.mark.parametrize("operator", ["ct", "inpainting", "gaussian-blur"])
 def test_pigdm_smoke_2d_and_3d(shape, dims, operator):
-    prior, physics, truth, problem = smoke_problem(shape, dims, operator)
-    seen = []
-    post = iv.sample("pigdm", prior, problem, n_samples=3, generator=torch.Generator().manual_seed(0),
-                     steps=4, cg_iters=5, callback=seen.append)
-    assert post.samples.shape == (3, 2, *shape)
-    assert post.mean.shape == truth.shape and post.std.shape == truth.shape
-    assert torch.isfinite(post.samples).all() and post.nfe == 4 and post.seconds > 0
-    assert [s["step"] for s in seen] == [0, 1, 2, 3]
+    problem, truth, post, seen = run_smoke("pigdm", shape, dims, operator, nfe=4, callbacks=4, steps=4, cg_iters=5)
 
 
 def test_pigdm_rejects_nonlinear_physics_and_bad_options():
-    class Tanh(Physics):
-        def A(self, x, **kwargs):
-            return torch.tanh(x)
-
-    gm = mixture(d=8, k=2)
-    problem = iv.Problem(Tanh(), torch.zeros(1, 8), sigma_y=0.01)
+    gm, _, problem = tanh_problem()
     with pytest.raises(TypeError, match="linear physics"):
         iv.sample("pigdm", gm, problem, steps=5)
     linear = measure(mixture(), linear_problems()["gaussian"], 0.1)

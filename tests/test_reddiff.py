@@ -2,13 +2,12 @@ import math
 
 import pytest
 import torch
-from deepinv.physics import Physics
 
 import invsolve as iv
 from invsolve.priors.adapters import DDPMSchedule
 from invsolve.samplers.reddiff import WEIGHTINGS
 
-from helpers import check_exactness, as_kind, linear_problems, matrix_physics, measure, mixture, smoke_problem, assert_batched_equals_single
+from helpers import run_smoke, tanh_problem, check_exactness, as_kind, linear_problems, matrix_physics, measure, mixture, assert_batched_equals_single
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # see conftest.py
@@ -110,13 +109,7 @@ def test_batched_draws_equal_single_draws_with_same_generators():
 
 
 def test_nonlinear_physics_starts_from_zeros_and_fits_y():
-    class Tanh(Physics):
-        def A(self, x, **kwargs):
-            return torch.tanh(x)
-
-    gm = mixture(d=8, k=2)
-    truth = gm.sample(1, torch.Generator().manual_seed(0))
-    problem = iv.Problem(Tanh(), torch.tanh(truth), sigma_y=0.01)
+    gm, truth, problem = tanh_problem()
     post = iv.sample("reddiff", gm, problem, n_samples=8, generator=torch.Generator().manual_seed(1), steps=200, lr=0.25)
     res = float((torch.tanh(post.samples[:, 0]) - torch.tanh(truth)).norm(dim=-1).mean())
     res_zero = float(torch.tanh(truth).norm())
@@ -128,11 +121,4 @@ def test_nonlinear_physics_starts_from_zeros_and_fits_y():
 @pytest.mark.parametrize("shape,dims", [((1, 16, 16), 2), ((1, 4, 16, 16), 3)])
 @pytest.mark.parametrize("operator", ["ct", "inpainting", "gaussian-blur"])
 def test_reddiff_smoke_2d_and_3d(shape, dims, operator):
-    prior, physics, truth, problem = smoke_problem(shape, dims, operator)
-    seen = []
-    post = iv.sample("reddiff", prior, problem, n_samples=3, generator=torch.Generator().manual_seed(0),
-                     steps=4, cg_iters=20, callback=seen.append)
-    assert post.samples.shape == (3, 2, *shape)
-    assert post.mean.shape == truth.shape and post.std.shape == truth.shape
-    assert torch.isfinite(post.samples).all() and post.nfe == 4 and post.seconds > 0
-    assert [s["step"] for s in seen] == [0, 1, 2, 3]
+    problem, truth, post, seen = run_smoke("reddiff", shape, dims, operator, nfe=4, callbacks=4, steps=4, cg_iters=20)
