@@ -56,6 +56,17 @@ def measure(physics, truth, sigma_y, seed):
     return clean + sigma_y * torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed), dtype=clean.dtype)
 
 
+def training_problem(task: str, n: int, prior):
+    """(truth, problem, baseline) on ``n`` training-distribution phantoms (seed 123, never the
+    held-out set), noise seed 1: what the preset tune scripts choose settings on."""
+    truth = random_ellipses(n, prior.shape[-1], torch.Generator().manual_seed(123))
+    physics = make_physics(task, prior.shape[-1])
+    sigma_y = TASKS[task]["sigma_y"]
+    y = measure(physics, truth, sigma_y, 1)
+    baseline = physics.A_dagger(y)  # FBP for CT, the pseudo-inverse otherwise (unclamped)
+    return truth, iv.Problem(physics, y, sigma_y=sigma_y, prior=prior), baseline
+
+
 def scores(truth, images) -> dict:
     n = truth.shape[0]
     per = [(psnr(truth[i], images[i], 1.0), ssim(truth[i], images[i], 1.0)) for i in range(n)]

@@ -18,9 +18,8 @@ from pathlib import Path
 import torch
 
 import invsolve as iv
-import operators as ops
 from invsolve.metrics import psnr
-from invsolve.phantoms import random_ellipses
+from run import training_problem
 
 
 def main() -> None:
@@ -31,12 +30,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).with_name("tune_daps.md")))
     args = parser.parse_args()
     prior = iv.load_prior("ct-phantom64")
-    truth = random_ellipses(args.phantoms, 64, torch.Generator().manual_seed(123))
-    physics = ops.make("ct-sparse8")
-    clean = physics.A(truth)
-    y = clean + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
-    problem = iv.Problem(physics, y, sigma_y=0.1, prior=prior)
-    fbp = physics.fbp(y)
+    truth, problem, fbp = training_problem("ct", args.phantoms, prior)
     fbp_psnr = sum(psnr(truth[i], fbp[i], 1.0) for i in range(args.phantoms)) / args.phantoms
     lines = ["# DAPS ct-sparse8 preset selection (training-distribution phantoms, seed 123)", "",
              f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; "

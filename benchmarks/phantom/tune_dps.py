@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 import invsolve as iv
-import operators as ops
 from invsolve.metrics import psnr
-from invsolve.phantoms import random_ellipses
+from run import training_problem
 
 
 def main() -> None:
@@ -30,12 +29,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).with_name("tune_dps.md")))
     args = parser.parse_args()
     prior = iv.load_prior("ct-phantom64")
-    truth = random_ellipses(args.phantoms, 64, torch.Generator().manual_seed(123))
-    physics = ops.make("ct-sparse8")
-    clean = physics.A(truth)
-    y = clean + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
-    problem = iv.Problem(physics, y, sigma_y=0.1, prior=prior)
-    fbp = physics.fbp(y)
+    truth, problem, fbp = training_problem("ct", args.phantoms, prior)
     lines = ["# DPS ct-sparse8 preset selection (training-distribution phantoms, seed 123)", "",
              f"Machine: {platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}; "
              f"command: `.venv/bin/python benchmarks/phantom/tune_dps.py --grid {' '.join(args.grid)}`; "

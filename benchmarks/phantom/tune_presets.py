@@ -2,7 +2,7 @@
 
 The task's operator and sigma_y come from ``run.py``'s ``TASKS`` (the held-out phantoms that
 ``run.py`` reports on are never used here). Each SPEC is keyword arguments of the sampler; prints
-the posterior-mean PSNR (data range 1) per setting next to the FBP / pseudo-inverse baseline.
+the posterior-mean PSNR (data range 1) per setting next to the (unclipped) FBP / pseudo-inverse baseline.
 
     .venv/bin/python benchmarks/phantom/tune_presets.py --task ct mcg "steps=200, alpha=0.3, schedule='karras'"
     .venv/bin/python benchmarks/phantom/tune_presets.py --task deblur mcg "steps=200, noise_aware=True"
@@ -14,8 +14,7 @@ import torch
 
 import invsolve as iv
 from invsolve.metrics import psnr
-from invsolve.phantoms import random_ellipses
-from run import TASKS, make_physics, measure
+from run import TASKS, training_problem
 
 
 def parse_spec(spec: str) -> dict:
@@ -32,12 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     prior = iv.load_prior("ct-phantom64")
     n = args.phantoms
-    truth = random_ellipses(n, prior.shape[-1], torch.Generator().manual_seed(123))
-    physics = make_physics(args.task, prior.shape[-1])
-    sigma_y = TASKS[args.task]["sigma_y"]
-    y = measure(physics, truth, sigma_y, 1)
-    problem = iv.Problem(physics, y, sigma_y=sigma_y, prior=prior)
-    baseline = physics.A_dagger(y).clamp(0, 1)  # as run.py: FBP for CT, the pseudo-inverse otherwise
+    truth, problem, baseline = training_problem(args.task, n, prior)
     print("FBP / pinv", sum(psnr(truth[i], baseline[i], 1.0) for i in range(n)) / n, flush=True)
     for spec in args.specs:
         post = iv.sample(args.sampler, prior, problem, n_samples=1, generator=torch.Generator().manual_seed(0),

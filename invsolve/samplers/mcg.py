@@ -89,7 +89,7 @@ class MCG:
         # projection through the 61x61 blur's pseudo-inverse amplifies the noise of y (9.5 dB on the
         # held-out phantoms); tune on training-distribution phantoms (seed 123,
         # benchmarks/phantom/tune_presets.py --task deblur): noise_aware 22.63 dB (alpha 0.3: 22.63),
-        # hard projection with cg_iters 5: 20.61, pseudo-inverse 16.93. See docs/samplers.md
+        # hard projection with cg_iters 5: 20.61, pseudo-inverse 15.23. See docs/samplers.md
         "deblur": dict(steps=200, schedule="karras", noise_aware=True),
     }
 
