@@ -269,3 +269,18 @@ def test_problem_operator_is_adjoint_and_mask_is_fastmris(bench):
         assert float(lhs) == pytest.approx(float(rhs), rel=1e-4)
     # the scaled measurement is the masked k-space: zero where the mask is
     assert float(parts.y[..., mask == 0].abs().max()) == 0.0
+
+
+def test_config_hash_covers_baseline_defaults(monkeypatch):
+    """A changed baseline default is a different configuration: a database written before the
+    change must not be resumed as if its rows were current."""
+    from invsolve.fastmri import baselines
+
+    config = BenchConfig(data="unused", methods=("tv",))
+    before = runner.config_hash(runner.resolved_config(config, "tv"))
+    assert runner.resolved_config(config, "tv")["options"] == baselines.resolve_options("tv")
+    monkeypatch.setitem(baselines.DEFAULTS, "tv", {**baselines.DEFAULTS["tv"], "iterations": 7})
+    assert runner.config_hash(runner.resolved_config(config, "tv")) != before
+    explicit = BenchConfig(data="unused", methods=("tv",), options=(("tv", "iterations", 7),))
+    assert runner.config_hash(runner.resolved_config(explicit, "tv")) == runner.config_hash(
+        runner.resolved_config(config, "tv"))

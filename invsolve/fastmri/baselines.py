@@ -211,6 +211,18 @@ def _l1_wavelet(y, maps, mask, lamda, max_iter, wave_name):
 # entry point
 
 
+def resolve_options(method: str, **options) -> dict:
+    """All options of a baseline: its ``DEFAULTS`` (and ``MAP_OPTIONS``) updated by ``options``;
+    an unknown method or option raises."""
+    if method not in METHODS:
+        raise ValueError(f"unknown baseline {method!r}; choose one of {', '.join(METHODS)}")
+    allowed = {**DEFAULTS[method], **(MAP_OPTIONS if method != "zero-filled" else {})}
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"unknown options {unknown} for {method}; it takes {sorted(allowed) or 'none'}")
+    return {**allowed, **options}
+
+
 def reconstruct(method: str, volume, mask=None, maps=None, **options) -> np.ndarray:
     """Reconstruct the selected slices of ``volume`` with a classical method.
 
@@ -223,13 +235,7 @@ def reconstruct(method: str, volume, mask=None, maps=None, **options) -> np.ndar
     :param options: the method's options (``DEFAULTS``) and ``MAP_OPTIONS``; unknown names raise.
     :returns: float32 magnitude images (slices, h, w) at the target size.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown baseline {method!r}; choose one of {', '.join(METHODS)}")
-    allowed = {**DEFAULTS[method], **(MAP_OPTIONS if method != "zero-filled" else {})}
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise TypeError(f"unknown options {unknown} for {method}; it takes {sorted(allowed) or 'none'}")
-    settings = {**allowed, **options}
+    settings = resolve_options(method, **options)
     kspace = coil_kspace(volume)
     mask_t = _mask_tensor(volume, mask)
     measured = kspace * mask_t

@@ -182,7 +182,10 @@ def resolved_config(config: BenchConfig, method: str) -> dict:
                         sigma_y=config.sigma_y, preset=preset, hyperparameters=hyper, estimate="posterior mean",
                         coil_maps="centre-band low-resolution maps", scale=f"p{SCALE_PERCENTILE} of zero-filled RSS")
     else:
-        resolved.update(kind="baseline", options=method_options(config, method))
+        from .baselines import resolve_options
+
+        # the resolved options, defaults included: a changed default is a different configuration
+        resolved.update(kind="baseline", options=resolve_options(method, **method_options(config, method)))
     return resolved
 
 
