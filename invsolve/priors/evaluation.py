@@ -32,14 +32,24 @@ import os
 from pathlib import Path
 
 import torch
+from deepinv.models import TVDenoiser
+
+from ..errors import CheckpointError, ConfigError, DataError
+from ..phantoms import HELDOUT_SEED, heldout_phantoms, random_ellipses
+from . import datasets
+from .base import Prior, PriorCard
+from .loaders import load_prior, sha256
+from .train_config import TrainConfig
 
 DEFAULT_TV_GRID = tuple(float(v) for v in torch.logspace(math.log10(0.02), math.log10(4.0), 16))
 """TV weights tried, as multiples of ``sigma`` (then refined between the best neighbours)."""
 
 
-def denoise_physical(denoiser, noisy: torch.Tensor, sigma: float, scale: float, offset: float) -> torch.Tensor:
-    """One denoiser step on physical-unit images: ``(D(scale * y + offset, scale * sigma) - offset) / scale``."""
-    return (denoiser(scale * noisy + offset, scale * sigma) - offset) / scale
+def denoise_physical(prior: Prior, noisy: torch.Tensor, sigma: float) -> torch.Tensor:
+    """One denoiser step on physical-unit images, through the prior card's map:
+    ``to_physical(D(to_model(y), scale * sigma))`` (noise of std ``sigma`` in physical units has std
+    ``scale * sigma`` in model space)."""
+    return prior.to_physical(prior(prior.to_model(noisy), prior.card.scale * sigma))
 
 
 def psnr_per_image(target: torch.Tensor, estimate: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -50,8 +60,6 @@ def psnr_per_image(target: torch.Tensor, estimate: torch.Tensor, data_range: flo
 
 def tv_denoise(noisy: torch.Tensor, weight: float, iterations: int = 300) -> torch.Tensor:
     """deepinv's ``TVDenoiser`` with a fresh state (no warm start carried between calls)."""
-    from deepinv.models import TVDenoiser
-
     with torch.no_grad():
         return TVDenoiser(n_it_max=iterations, crit=1e-5)(noisy, ths=weight)
 
@@ -89,16 +97,15 @@ def denoise_vs_tv(prior, images: torch.Tensor, sigma: float = 0.1, seed: int = 0
     means under ``"sets"``. Returns a JSON-ready dict with both PSNRs and the gain in dB.
     """
     if tuple(images.shape[1:]) != tuple(prior.shape):
-        raise ValueError(f"images of shape {tuple(images.shape[1:])} do not match the prior's shape {tuple(prior.shape)}")
+        raise DataError(f"images of shape {tuple(images.shape[1:])} do not match the prior's shape {tuple(prior.shape)}")
     if tv_weight is None:
         if tune_images is None:
-            raise ValueError("pass tune_images (a set disjoint from images) to choose TV's weight, or tv_weight")
+            raise ConfigError("pass tune_images (a set disjoint from images) to choose TV's weight, or tv_weight")
         tv_weight, _ = tune_tv_weight(tune_images, sigma, seed + 1)
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
     noisy = images + sigma * noise
-    card = prior.card
     with torch.no_grad():
-        denoised = torch.cat([denoise_physical(prior, noisy[i:i + batch], sigma, card.scale, card.offset)
+        denoised = torch.cat([denoise_physical(prior, noisy[i:i + batch], sigma)
                               for i in range(0, images.shape[0], batch)])
     prior_psnrs = psnr_per_image(images, denoised)
     tv_psnrs = psnr_per_image(images, tv_denoise(noisy, tv_weight))
@@ -113,7 +120,7 @@ def denoise_vs_tv(prior, images: torch.Tensor, sigma: float = 0.1, seed: int = 0
                             "deepinv TVDenoiser (weight tuned on separate images) on y = x + sigma n, physical units"}
     if groups:
         if sum(groups.values()) != images.shape[0]:
-            raise ValueError(f"groups {groups} do not add up to the {images.shape[0]} images")
+            raise ConfigError(f"groups {groups} do not add up to the {images.shape[0]} images")
         result["sets"], start = {}, 0
         for name, count in groups.items():
             part = slice(start, start + count)
@@ -125,8 +132,6 @@ def denoise_vs_tv(prior, images: torch.Tensor, sigma: float = 0.1, seed: int = 0
 
 
 def _recipe_config(card, **overrides):
-    from .training import TrainConfig
-
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     recipe = {k: v for k, v in card.metadata.get("recipe", {}).items() if k in names}
     return TrainConfig(**{**recipe, "name": card.name, **overrides})
@@ -144,14 +149,10 @@ def heldout_data(card, n: int = 32, tune: int = 8, seed: int = 0) -> tuple[torch
 
     The description's ``"groups"`` gives the number of images of each held-out set, in order.
     """
-    from . import datasets
-
     source = card.metadata.get("recipe", {}).get("data")
     size = card.shape[-1]
     tune_generator = torch.Generator().manual_seed(seed + 7)
     if source == "ellipses":
-        from ..phantoms import HELDOUT_SEED, heldout_phantoms, random_ellipses
-
         images = heldout_phantoms(n, size)
         tune_images = random_ellipses(tune, size, torch.Generator().manual_seed(datasets.VALIDATION_SEED))
         return images, tune_images, {"source": f"invsolve.phantoms.heldout_phantoms (seed {HELDOUT_SEED}), "
@@ -167,13 +168,13 @@ def heldout_data(card, n: int = 32, tune: int = 8, seed: int = 0) -> tuple[torch
             "tv_tuning": f"{tune} MNI152 training crops (seed {seed + 7}, no augmentation)",
             "groups": {k: int(v.shape[0]) for k, v in sets.items()}}
     if source is None:
-        raise ValueError(f"prior {card.name!r} has no training recipe in its card: no built-in held-out set; "
-                         "use evaluate_files(prior, data) with your own held-out scans")
+        raise ConfigError(f"prior {card.name!r} has no training recipe in its card: no built-in held-out set; "
+                          "use evaluate_files(prior, data) with your own held-out scans")
     config = _recipe_config(card, augment=(), val_images=n)
     built = datasets.file_data(config)
     if built.validation is None:
-        raise ValueError(f"prior {card.name!r} was trained on all of {source!r} (no validation files): "
-                         "evaluate it on other scans with evaluate_files(prior, data) / invsolve evaluate --data")
+        raise ConfigError(f"prior {card.name!r} was trained on all of {source!r} (no validation files): "
+                          "evaluate it on other scans with evaluate_files(prior, data) / invsolve evaluate --data")
     return built.validation, built.sample(tune, tune_generator), {
         "source": f"validation files of {source!r} (split by file, seed {config.seed}, "
                   f"val_fraction {config.val_fraction}): {built.description['validation']['files']}",
@@ -186,8 +187,6 @@ def evaluate_prior(prior_or_name, n: int = 32, sigma: float = 0.1, seed: int = 0
     The result records ``n``, ``tune`` and ``seed`` so ``evaluate_prior(name, **recorded)`` re-measures
     the same figure.
     """
-    from .loaders import load_prior
-
     prior = load_prior(prior_or_name) if isinstance(prior_or_name, (str, Path)) else prior_or_name
     images, tune_images, info = heldout_data(prior.card, n, tune, seed)
     groups = info.pop("groups", None)
@@ -201,9 +200,6 @@ def record_evaluation(folder: str | Path, result: dict) -> Path:
     The weights are not touched; when the card records a sha256 the weights file is checked
     against it first, so a figure is never recorded for other weights.
     """
-    from .base import PriorCard
-    from .loaders import sha256
-
     folder = Path(folder)
     card_path = folder / "card.json"
     card = PriorCard.from_dict(json.loads(card_path.read_text()))
@@ -211,8 +207,8 @@ def record_evaluation(folder: str | Path, result: dict) -> Path:
     if recorded is not None and (folder / "weights.safetensors").is_file():
         actual = sha256(folder / "weights.safetensors")
         if actual != recorded:
-            raise ValueError(f"{folder}/weights.safetensors has sha256 {actual}, the card records {recorded}: "
-                             "refusing to record an evaluation for other weights")
+            raise CheckpointError(f"{folder}/weights.safetensors has sha256 {actual}, the card records {recorded}: "
+                                  "refusing to record an evaluation for other weights")
     card.metadata["evaluation"] = result
     tmp = card_path.with_name(card_path.name + ".tmp")
     tmp.write_text(card.to_json() + "\n")
@@ -230,9 +226,6 @@ def evaluate_files(prior_or_name, data: str, tune_data: str | None = None, sigma
     are split in half by file (seeded): one half tunes TV's weight (``tune`` slices), the other is
     evaluated; pass ``tune_data`` to evaluate every file of ``data``.
     """
-    from . import datasets
-    from .loaders import load_prior
-
     prior = load_prior(prior_or_name) if isinstance(prior_or_name, (str, Path)) else prior_or_name
 
     def config_for(path, val_fraction):
@@ -242,7 +235,7 @@ def evaluate_files(prior_or_name, data: str, tune_data: str | None = None, sigma
     if tune_data is None:
         built = datasets.file_data(config_for(data, 0.5))
         if built.validation is None:
-            raise ValueError("need at least 2 files to split into tuning and evaluation halves; or pass tune_data")
+            raise DataError("need at least 2 files to split into tuning and evaluation halves; or pass tune_data")
         images = built.validation
         tune_images = built.sample(tune, torch.Generator().manual_seed(seed + 7))
     else:
@@ -254,8 +247,6 @@ def evaluate_files(prior_or_name, data: str, tune_data: str | None = None, sigma
 
 
 def _all_slices(config) -> list[torch.Tensor]:
-    from . import datasets
-
     _, units = datasets.read_units(config)
     return [datasets._foreground_filter(datasets.square_resize(u.slices, config.size), config.min_foreground)
             for u in units]

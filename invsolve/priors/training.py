@@ -1,13 +1,22 @@
 """Training of a small diffusion (EDM) or flow (rectified flow) prior, resumable from its checkpoint.
 
-Objectives:
+One denoising loss for every objective (the pattern of NVlabs/edm ``training/loss.py``): the
+network is always wrapped in the adapter it is exported with (``adapters.make_denoiser``), so
+what is trained is the denoiser ``D(x, sigma)`` that samplers call, on the VE state
+``x = x0 + sigma n``, ``n ~ N(0, I)``, in model space::
 
-- ``edm`` (Karras et al. 2022, Sec. 5 and Table 1): ``ln sigma ~ N(P_mean, P_std^2)``, loss
-  ``lambda(sigma) * ||D(x0 + sigma n, sigma) - x0||^2`` with
-  ``lambda = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2``;
-- ``flow`` (rectified flow / flow matching, Liu et al. 2023, Lipman et al. 2023):
-  ``t ~ U(0, 1)``, ``x_t = (1 - t) x0 + t n``, loss ``||v(x_t, t) - (n - x0)||^2``; the network
-  is a velocity field, exported with the ``flow-velocity`` adapter.
+    loss = mean over the batch and pixels of  lambda(sigma) * (D(x0 + sigma n, sigma) - x0)^2
+
+The ``Objective`` (chosen once from ``TrainConfig.objective``) gives the noise-level distribution,
+the weight ``lambda(sigma)`` and the adapter:
+
+- ``edm`` (Karras et al. 2022, Sec. 5 and Table 1): ``ln sigma ~ N(P_mean, P_std^2)``,
+  ``lambda = (sigma^2 + sigma_data^2) / (sigma * sigma_data)^2``, adapter ``edm``;
+- ``flow`` (rectified flow / flow matching, Liu et al. 2023, Lipman et al. 2023): the network is
+  a velocity field ``v(x_t, t)`` at ``x_t = (1 - t) x0 + t n``, trained with
+  ``||v(x_t, t) - (n - x0)||^2``, ``t ~ U(0, 1)``; here as ``sigma = t / (1 - t)``,
+  ``lambda = ((1 + sigma) / sigma)^2 = 1 / t^2``, adapter ``flow-velocity`` (the same loss,
+  see ``flow_objective``).
 
 Adam with a linear warm-up; an exponential moving average (EMA) of the weights is what gets exported.
 
@@ -34,56 +43,26 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
+from matplotlib.figure import Figure
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
+from ..errors import CheckpointError, ConfigError, DataError
+from ..io import save_figure
 from . import datasets
-from .adapters import EDMDenoiser, make_denoiser
-from .base import PriorCard
+from .adapters import Denoiser, make_denoiser
+from .base import Prior, PriorCard
+from .evaluation import denoise_physical, evaluate_prior, psnr_per_image, record_evaluation
+from .loaders import load_prior, sha256
+from .train_config import RESUME_FREE_KEYS, TrainConfig
 from .unet import UNet
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    name: str = "ct-phantom64"
-    objective: str = "edm"          # "edm" (diffusion) or "flow" (rectified flow)
-    data: str = "ellipses"          # data source; see ``data_source``
-    size: int = 64
-    channels: tuple[int, ...] = (32, 64, 96, 96)
-    attention: tuple[int, ...] = (3,)
-    batch: int = 32
-    steps: int = 4000
-    lr: float = 1e-3
-    warmup: int = 200
-    ema_decay: float = 0.999
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    sigma_data: float = 0.5
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    seed: int = 0
-    checkpoint_every: int = 50
-    threads: int | None = None
-    # data (keys added after the first release; their defaults reproduce the earlier behaviour)
-    data_format: str = "auto"       # "auto" | "images" | "nifti" | "dicom" | "fastmri"
-    representation: str = "magnitude"  # "magnitude" (1 channel) | "complex" (2 channels, fastMRI k-space)
-    slice_axis: str = "axial"       # NIfTI slicing axis after reorientation to RAS
-    window: tuple[float, float] | None = None  # fixed intensity window (e.g. CT HU) -> [0, 1]
-    percentiles: tuple[float, float] = (0.5, 99.5)  # per-volume normalisation when no window
-    min_foreground: float = 0.0     # drop slices with a smaller fraction of pixels above 0.05
-    augment: tuple[str, ...] = ()   # subset of datasets.AUGMENTATIONS
-    val_fraction: float = 0.1       # fraction of files (volumes, series) held out for validation
-    val_every: int = 200            # steps between validation measurements (0: never)
-    val_images: int = 64            # validation slices used (evenly spaced subset)
-    val_sigmas: tuple[float, ...] = (0.05, 0.1, 0.2)  # physical noise levels of the validation PSNR
-
-
-RESUME_FREE_KEYS = ("steps", "checkpoint_every", "threads", "val_every")
-"""Config keys that may change between a run and its resumption (they do not change the training)."""
 
 
 def data_source(config: TrainConfig) -> tuple[Callable[[int, torch.Generator], torch.Tensor], dict]:
@@ -104,21 +83,97 @@ def _atomic_write_text(text: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def edm_loss(denoiser: EDMDenoiser, x0: torch.Tensor, generator: torch.Generator, p_mean: float,
-             p_std: float, sigma_data: float) -> torch.Tensor:
-    shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
-    sigma = torch.exp(p_mean + p_std * torch.randn(shape, generator=generator))
-    noise = torch.randn(x0.shape, generator=generator)
-    weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
-    return (weight * (denoiser(x0 + sigma * noise, sigma) - x0) ** 2).mean()
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """A training objective, decided once from ``TrainConfig.objective``.
+
+    ``sample_sigma(shape, generator)`` draws the per-sample noise levels (VE convention,
+    ``x = x0 + sigma n``), ``weight(sigma)`` is ``lambda(sigma)`` of ``denoising_loss``, and
+    ``adapter`` (with ``adapter_options``) is the parameterization that turns the network into
+    ``D(x, sigma)``: the one trained, validated and written into the card, so the loader wraps the
+    exported network in the same adapter. ``kind`` and ``title`` name the prior in its card.
+    """
+
+    name: str
+    kind: str
+    adapter: str
+    adapter_options: dict
+    sample_sigma: Callable[[tuple[int, ...], torch.Generator], torch.Tensor]
+    weight: Callable[[torch.Tensor], torch.Tensor]
+    title: str
+
+    def denoiser(self, net: torch.nn.Module) -> Denoiser:
+        """``D(x, sigma)`` of ``net`` (the adapter the exported prior is loaded with)."""
+        return make_denoiser(self.adapter, net, **self.adapter_options)
 
 
-def flow_loss(net, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def edm_objective(p_mean: float, p_std: float, sigma_data: float) -> Objective:
+    """EDM (Karras et al. 2022, Table 1): ``ln sigma ~ N(p_mean, p_std^2)``,
+    ``lambda = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2``, EDM preconditioning."""
+
+    def sample_sigma(shape, generator):
+        return torch.exp(p_mean + p_std * torch.randn(shape, generator=generator))
+
+    def weight(sigma):
+        return (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+
+    return Objective("edm", "diffusion", "edm", {"sigma_data": sigma_data}, sample_sigma, weight, "EDM diffusion")
+
+
+FLOW_T_MIN = 1e-5
+"""Smallest flow time drawn: ``t ~ U(0, 1)`` is floored here (a 1e-5 fraction of the draws)."""
+
+
+def flow_objective() -> Objective:
+    """Rectified flow (Liu et al. 2023; Lipman et al. 2023) as a weighted denoising loss.
+
+    The flow loss is ``||v(x_t, t) - (n - x0)||^2`` with ``t ~ U(0, 1)`` and
+    ``x_t = (1 - t) x0 + t n``. The ``flow-velocity`` adapter evaluates the network at exactly
+    that point: with ``sigma = t / (1 - t)`` it gets ``x = x0 + sigma n``, forms
+    ``x / (1 + sigma) = (1 - t) x0 + t n = x_t`` and ``t = sigma / (1 + sigma)``, and returns
+    ``D = x_t - t v(x_t, t)``. Hence
+
+        D - x0 = (1 - t) x0 + t n - t v - x0 = -t (v - (n - x0)),
+
+    so ``||v - (n - x0)||^2 = ||D - x0||^2 / t^2`` for every sample: with
+    ``lambda(sigma) = 1 / t^2 = ((1 + sigma) / sigma)^2`` and ``t ~ U(0, 1)`` drawn as before,
+    the denoising loss is the flow loss term by term (same optimum, same per-sample weighting).
+
+    ``t`` is floored at ``FLOW_T_MIN``: ``t = 0`` is a possible float32 draw, where
+    ``lambda`` is infinite, and in float32 ``D - x0`` carries a rounding error of about
+    ``1e-7 |x0|`` that the weight amplifies by ``1 / t``.
+    """
+
+    def sample_sigma(shape, generator):
+        t = torch.rand(shape, generator=generator).clamp_min(FLOW_T_MIN)
+        return t / (1 - t)
+
+    def weight(sigma):
+        return ((1 + sigma) / sigma) ** 2
+
+    return Objective("flow", "flow", "flow-velocity", {}, sample_sigma, weight, "Rectified-flow")
+
+
+def make_objective(config: TrainConfig) -> Objective:
+    """The ``Objective`` of ``config.objective`` (``edm`` or ``flow``)."""
+    if config.objective == "edm":
+        return edm_objective(config.p_mean, config.p_std, config.sigma_data)
+    if config.objective == "flow":
+        return flow_objective()
+    raise ConfigError(f"objective must be 'edm' or 'flow', got {config.objective!r}")
+
+
+def denoising_loss(denoiser: Callable, objective: Objective, x0: torch.Tensor,
+                   generator: torch.Generator) -> torch.Tensor:
+    """``mean(lambda(sigma) (D(x0 + sigma n, sigma) - x0)^2)`` over the batch and pixels.
+
+    ``sigma ~ objective.sample_sigma`` (one per sample, drawn first) and ``n ~ N(0, I)`` (drawn
+    second) come from ``generator``; ``x0`` and ``D`` are in model space.
+    """
     shape = (x0.shape[0],) + (1,) * (x0.ndim - 1)
-    t = torch.rand(shape, generator=generator)
+    sigma = objective.sample_sigma(shape, generator)
     noise = torch.randn(x0.shape, generator=generator)
-    x_t = (1 - t) * x0 + t * noise
-    return ((net(x_t, t.reshape(-1)) - (noise - x0)) ** 2).mean()
+    return (objective.weight(sigma) * (denoiser(x0 + sigma * noise, sigma) - x0) ** 2).mean()
 
 
 def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None = None,
@@ -129,7 +184,10 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
     early by ``max_seconds`` (the checkpoint then holds the progress). With ``evaluate`` the
     exported prior's held-out denoising PSNR against TV at sigma = 0.1
     (``evaluation.evaluate_prior``) is recorded in its card as ``metadata.evaluation``.
+    ``config`` is checked first (``TrainConfig.validate``: a ``ConfigError`` naming the field).
     """
+    config.validate()
+    objective = make_objective(config)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
@@ -137,8 +195,6 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         torch.set_num_threads(config.threads)
     ckpt_path = run_dir / "checkpoint.pt"
     config_path = run_dir / "config.json"
-    if config.objective not in ("edm", "flow"):
-        raise ValueError(f"objective must be 'edm' or 'flow', got {config.objective!r}")
     config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
     if config_path.exists() and ckpt_path.exists():
         defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))  # as JSON: tuples become lists
@@ -146,23 +202,28 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         mismatch = {k: (saved.get(k), v) for k, v in json.loads(config_json).items()
                     if k not in RESUME_FREE_KEYS and saved.get(k) != v}
         if mismatch:
-            raise ValueError(f"{run_dir} holds a run with a different configuration {mismatch}; "
-                             "use another run directory or the same options")
+            raise ConfigError(f"{run_dir} holds a run with a different configuration {mismatch}; "
+                              "use another run directory or the same options")
     _atomic_write_text(config_json, config_path)
 
     data = datasets.build(config)
     sample = data.sample
+    card = model_card(config, objective, data)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
         torch.manual_seed(config.seed)
         net = UNet(in_channels=data.channels, channels=config.channels, attention=config.attention)
-    denoiser = EDMDenoiser(net, config.sigma_data)
+    model = Prior(objective.denoiser(net), card)  # the D(x, sigma) that is trained, and the card's unit map
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     data_gen = torch.Generator().manual_seed(config.seed)
     noise_gen = torch.Generator().manual_seed(config.seed + 1)
     step, wall, history, val_curve = 0, 0.0, [], []
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=True)
+        try:
+            state = torch.load(ckpt_path, weights_only=True)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+            raise CheckpointError(f"{ckpt_path} is not a readable training checkpoint ({err}); "
+                                  "delete it to start the run over, or use another run directory") from err
         net.load_state_dict(state["net"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -172,8 +233,8 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         val_curve = state["val"].tolist() if "val" in state else []  # rows: step, PSNR at each val sigma
         recorded = state.get("data_fingerprint")  # absent in checkpoints of older versions
         if recorded is not None and data.fingerprint is not None and recorded != data.fingerprint:
-            raise ValueError(f"the training files under {config.data!r} changed since {run_dir} was started "
-                             "(names or sizes differ): restore them or start a new run directory")
+            raise DataError(f"the training files under {config.data!r} changed since {run_dir} was started "
+                            "(names or sizes differ): restore them or start a new run directory")
 
     def save():
         _atomic_save({"net": net.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
@@ -188,25 +249,21 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
             return
         if val_curve and int(val_curve[-1][0]) == step:
             return
-        psnrs = validation_psnr(ema_denoiser(config, ema), data.validation, config.val_sigmas,
-                                data.scale, data.offset, seed=config.seed + 2)
+        psnrs = validation_psnr(Prior(objective.denoiser(ema), card), data.validation, config.val_sigmas,
+                                seed=config.seed + 2)
         val_curve.append([float(step)] + psnrs)
         plot_training(history, val_curve, config.val_sigmas, run_dir / "validation.png", config.name)
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
         bar = tqdm(total=config.steps, initial=step, desc=f"train {config.name}", unit="step")
     started = time.time()
     t_last = time.time()
     while step < config.steps:
         for group in opt.param_groups:
-            group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
-        x0 = data.scale * sample(config.batch, data_gen) + data.offset  # physical -> model space (e.g. [0, 1] -> [-1, 1])
-        if config.objective == "flow":
-            loss = flow_loss(net, x0, noise_gen)
-        else:
-            loss = edm_loss(denoiser, x0, noise_gen, config.p_mean, config.p_std, config.sigma_data)
+            group["lr"] = config.lr * (min(1.0, (step + 1) / config.warmup) if config.warmup else 1.0)
+        x0 = model.to_model(sample(config.batch, data_gen))  # physical -> model space (e.g. [0, 1] -> [-1, 1])
+        loss = denoising_loss(model, objective, x0, noise_gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -233,7 +290,7 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
     if config.val_every:
         validate()  # a run that stopped between validations still gets its final figure
     export(config, ema, out_dir, step, wall, history, data.description, data=data, val_curve=val_curve,
-           curve_png=run_dir / "validation.png")
+           curve_png=run_dir / "validation.png", card=card)
     if evaluate:
         evaluate_export(out_dir, config)
     return out_dir
@@ -245,9 +302,6 @@ def evaluate_export(out_dir: Path, config: TrainConfig) -> dict:
     Priors trained on files without a validation split have no held-out data: the card then says
     so (``metadata.evaluation.skipped``); evaluate them with ``invsolve evaluate --data``.
     """
-    from .evaluation import evaluate_prior, record_evaluation
-    from .loaders import load_prior
-
     if config.data not in ("ellipses", "mni152") and config.val_fraction == 0:
         result = {"skipped": "trained on every file (val_fraction 0): no held-out files; "
                              "run invsolve evaluate PRIOR --data HELD_OUT_SCANS --write-card"}
@@ -257,29 +311,20 @@ def evaluate_export(out_dir: Path, config: TrainConfig) -> dict:
     return result
 
 
-def ema_denoiser(config: TrainConfig, net: torch.nn.Module):
-    """The denoiser ``D(x, sigma)`` the exported prior will have (same adapter as the loader)."""
-    if config.objective == "flow":
-        return make_denoiser("flow-velocity", net)
-    return make_denoiser("edm", net, sigma_data=config.sigma_data)
+def validation_psnr(prior: Prior, images: torch.Tensor, sigmas, seed: int, batch: int = 32) -> list[float]:
+    """Mean one-step denoising PSNR (data range 1) of ``prior`` on ``images`` at each physical noise level.
 
-
-def validation_psnr(denoiser, images: torch.Tensor, sigmas, scale: float, offset: float, seed: int,
-                    batch: int = 32) -> list[float]:
-    """Mean one-step denoising PSNR (data range 1) of ``images`` at each physical noise level.
-
+    ``images`` are in physical units; ``evaluation.denoise_physical`` maps them with the prior's card.
     The noise is drawn from ``torch.Generator().manual_seed(seed)``, one draw per sigma in order,
     so the curve compares the same noisy images at every validation step.
     """
-    from .evaluation import denoise_physical, psnr_per_image
-
     generator = torch.Generator().manual_seed(seed)
     out = []
     for sigma in sigmas:
         noise = torch.randn(images.shape, generator=generator)
         noisy = images + float(sigma) * noise
         with torch.no_grad():
-            denoised = torch.cat([denoise_physical(denoiser, noisy[i:i + batch], float(sigma), scale, offset)
+            denoised = torch.cat([denoise_physical(prior, noisy[i:i + batch], float(sigma))
                                   for i in range(0, images.shape[0], batch)])
         out.append(round(float(psnr_per_image(images, denoised).mean()), 4))
     return out
@@ -287,10 +332,6 @@ def validation_psnr(denoiser, images: torch.Tensor, sigmas, scale: float, offset
 
 def plot_training(history: list[float], val_curve: list[list[float]], sigmas, path: Path, title: str) -> None:
     """Write the loss and validation-PSNR curves to ``path`` (PNG, atomically, matplotlib Agg)."""
-    from matplotlib.figure import Figure
-
-    from ..io import save_figure
-
     figure = Figure(figsize=(9, 3.4))
     ax_loss, ax_val = figure.subplots(1, 2)
     if history:
@@ -310,24 +351,39 @@ def plot_training(history: list[float], val_curve: list[list[float]], sigmas, pa
     save_figure(figure, path)
 
 
-def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float, history: list[float],
-           data_info: dict, data: "datasets.TrainingData | None" = None,
-           val_curve: list[list[float]] | None = None, curve_png: Path | None = None) -> None:
-    """Write ``weights.safetensors`` (EMA), ``card.json`` and ``validation.png`` into ``out_dir`` atomically.
-
-    ``curve_png``: an up-to-date plot of ``history`` and ``val_curve`` (the run folder's) to copy
-    instead of drawing it again.
-    """
-    from safetensors.torch import save_file
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tail = history[-200:]
-    flow = config.objective == "flow"
+def model_card(config: TrainConfig, objective: Objective, data: "datasets.TrainingData | None" = None) -> PriorCard:
+    """The card of the prior ``config`` trains (no metadata yet): the objective's kind and adapter,
+    the data's shape and physical -> model map (without ``data``: one channel, [0, 1] -> [-1, 1])."""
     channels = data.channels if data is not None else 1
     scale, offset = (data.scale, data.offset) if data is not None else (2.0, -1.0)
     physical_range = data.physical_range if data is not None else (0.0, 1.0)
     summary = data.summary if data is not None else "random-ellipse CT phantoms"
     units = "attenuation" if config.data == "ellipses" else "normalised intensity"
+    return PriorCard(
+        name=config.name, kind=objective.kind, parameterization=objective.adapter,
+        shape=(channels, config.size, config.size),
+        scale=scale, offset=offset, sigma_min=config.sigma_min, sigma_max=config.sigma_max,
+        sigma_data=config.sigma_data, physical_range=physical_range,
+        description=f"{objective.title} prior on {config.size}x{config.size} {summary} "
+                    f"({units} in [{physical_range[0]:g}, {physical_range[1]:g}]; model space "
+                    f"[{scale * physical_range[0] + offset:g}, {scale * physical_range[1] + offset:g}]).",
+    )
+
+
+def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float, history: list[float],
+           data_info: dict, data: "datasets.TrainingData | None" = None,
+           val_curve: list[list[float]] | None = None, curve_png: Path | None = None,
+           card: PriorCard | None = None) -> None:
+    """Write ``weights.safetensors`` (EMA), ``card.json`` and ``validation.png`` into ``out_dir`` atomically.
+
+    ``card``: the run's ``model_card`` (default: built from ``config`` and ``data``); the training
+    metadata is added to it. ``curve_png``: an up-to-date plot of ``history`` and ``val_curve``
+    (the run folder's) to copy instead of drawing it again.
+    """
+    if card is None:
+        card = model_card(config, make_objective(config), data)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tail = history[-200:]
     metadata = {
         "architecture": "invsolve.priors.unet.UNet",
         "network": ema.config,
@@ -348,16 +404,7 @@ def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float
             "images": None if data is None or data.validation is None else int(data.validation.shape[0]),
             "curve": [[int(row[0])] + row[1:] for row in val_curve],
         }
-    card = PriorCard(
-        name=config.name, kind="flow" if flow else "diffusion", parameterization="flow-velocity" if flow else "edm",
-        shape=(channels, config.size, config.size),
-        scale=scale, offset=offset, sigma_min=config.sigma_min, sigma_max=config.sigma_max,
-        sigma_data=config.sigma_data, physical_range=physical_range,
-        description=f"{'Rectified-flow' if flow else 'EDM diffusion'} prior on {config.size}x{config.size} {summary} "
-                    f"({units} in [{physical_range[0]:g}, {physical_range[1]:g}]; model space "
-                    f"[{scale * physical_range[0] + offset:g}, {scale * physical_range[1] + offset:g}]).",
-        metadata=metadata,
-    )
+    card = dataclasses.replace(card, metadata=metadata)
     if val_curve:
         target = out_dir / "validation.png"
         if curve_png is not None and curve_png.is_file():
@@ -370,8 +417,6 @@ def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float
     tmp = out_dir / "weights.safetensors.tmp"
     save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp))
     os.replace(tmp, out_dir / "weights.safetensors")
-    from .loaders import sha256
-
     card.metadata["sha256"] = sha256(out_dir / "weights.safetensors")
     _atomic_write_text(card.to_json() + "\n", out_dir / "card.json")
     if not math.isfinite(card.metadata["training"]["final_loss_mean_last_200"]):

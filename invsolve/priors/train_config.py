@@ -1,0 +1,136 @@
+"""``TrainConfig``: the recipe of a prior trained by ``invsolve train``.
+
+Its own module so that both ``training`` (which runs a recipe) and ``evaluation`` (which reads
+the recipe recorded in a card to rebuild the held-out data) import it, and neither imports the
+other's caller: ``training`` imports ``evaluation``, never the reverse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from ..errors import ConfigError
+
+OBJECTIVES = ("edm", "flow")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    name: str = "ct-phantom64"
+    objective: str = "edm"          # "edm" (diffusion) or "flow" (rectified flow)
+    data: str = "ellipses"          # data source; see ``datasets.build``
+    size: int = 64
+    channels: tuple[int, ...] = (32, 64, 96, 96)
+    attention: tuple[int, ...] = (3,)
+    batch: int = 32
+    steps: int = 4000
+    lr: float = 1e-3
+    warmup: int = 200
+    ema_decay: float = 0.999
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    sigma_data: float = 0.5
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    seed: int = 0
+    checkpoint_every: int = 50
+    threads: int | None = None
+    # data (keys added after the first release; their defaults reproduce the earlier behaviour)
+    data_format: str = "auto"       # "auto" | "images" | "nifti" | "dicom" | "fastmri"
+    representation: str = "magnitude"  # "magnitude" (1 channel) | "complex" (2 channels, fastMRI k-space)
+    slice_axis: str = "axial"       # NIfTI slicing axis after reorientation to RAS
+    window: tuple[float, float] | None = None  # fixed intensity window (e.g. CT HU) -> [0, 1]
+    percentiles: tuple[float, float] = (0.5, 99.5)  # per-volume normalisation when no window
+    min_foreground: float = 0.0     # drop slices with a smaller fraction of pixels above 0.05
+    augment: tuple[str, ...] = ()   # subset of datasets.AUGMENTATIONS
+    val_fraction: float = 0.1       # fraction of files (volumes, series) held out for validation
+    val_every: int = 200            # steps between validation measurements (0: never)
+    val_images: int = 64            # validation slices used (evenly spaced subset)
+    val_sigmas: tuple[float, ...] = (0.05, 0.1, 0.2)  # physical noise levels of the validation PSNR
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` (a ``ValueError``) naming the first field whose value cannot be trained with.
+
+        Checks the numbers (counts, rates, noise levels, ranges) and the objective; the data
+        options (format, representation, slice axis, augmentations) are checked where the data
+        is read (``datasets.build``).
+        """
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be 'edm' or 'flow', got {self.objective!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"name must be a non-empty string, got {self.name!r}")
+        for field in ("size", "batch", "steps", "checkpoint_every"):
+            _integer(self, field, minimum=1)
+        for field in ("warmup", "val_every", "val_images", "seed"):
+            _integer(self, field, minimum=0)
+        if self.threads is not None:
+            _integer(self, "threads", minimum=1)
+        if not self.channels:
+            raise ConfigError("channels must list at least one width")
+        if any(not _is_int(c) or c < 1 for c in self.channels):
+            raise ConfigError(f"channels must be positive integers, got {self.channels}")
+        if any(not _is_int(a) or not 0 <= a < len(self.channels) for a in self.attention):
+            raise ConfigError(f"attention must list levels in 0..{len(self.channels) - 1} "
+                             f"(one per entry of channels), got {self.attention}")
+        factor = 2 ** (len(self.channels) - 1)
+        if self.size % factor:
+            raise ConfigError(f"size {self.size} must be divisible by {factor} "
+                             f"(2 ** (levels - 1) for the {len(self.channels)} levels of channels)")
+        for field in ("lr", "p_std", "sigma_data", "sigma_min", "sigma_max"):
+            _positive(self, field)
+        _finite(self, "p_mean")
+        if not self.sigma_min < self.sigma_max:
+            raise ConfigError(f"sigma_min must be below sigma_max, got {self.sigma_min} and {self.sigma_max}")
+        if not (_is_number(self.ema_decay) and 0 <= self.ema_decay < 1):
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not (_is_number(self.val_fraction) and 0 <= self.val_fraction < 1):
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not (_is_number(self.min_foreground) and 0 <= self.min_foreground <= 1):
+            raise ConfigError(f"min_foreground must be in [0, 1], got {self.min_foreground!r}")
+        if any(not _is_number(s) or not math.isfinite(s) or s <= 0 for s in self.val_sigmas):
+            raise ConfigError(f"val_sigmas must be finite positive noise levels, got {self.val_sigmas}")
+        lo, hi = _pair(self, "percentiles")
+        if not 0 <= lo < hi <= 100:
+            raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        if self.window is not None:
+            lo, hi = _pair(self, "window")
+            if not lo < hi:
+                raise ConfigError(f"window must be (low, high) with low < high, got {self.window}")
+
+
+RESUME_FREE_KEYS = ("steps", "checkpoint_every", "threads", "val_every")
+"""Config keys that may change between a run and its resumption (they do not change the training)."""
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(config: TrainConfig, field: str, minimum: int) -> None:
+    value = getattr(config, field)
+    if not _is_int(value) or value < minimum:
+        raise ConfigError(f"{field} must be an integer >= {minimum}, got {value!r}")
+
+
+def _finite(config: TrainConfig, field: str) -> None:
+    value = getattr(config, field)
+    if not _is_number(value) or not math.isfinite(value):
+        raise ConfigError(f"{field} must be a finite number, got {value!r}")
+
+
+def _positive(config: TrainConfig, field: str) -> None:
+    value = getattr(config, field)
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{field} must be a finite positive number, got {value!r}")
+
+
+def _pair(config: TrainConfig, field: str) -> tuple[float, float]:
+    value = getattr(config, field)
+    if len(value) != 2 or not all(_is_number(v) and math.isfinite(v) for v in value):
+        raise ConfigError(f"{field} must be two finite numbers, got {value!r}")
+    return value[0], value[1]
