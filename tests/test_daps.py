@@ -3,8 +3,8 @@ import torch
 
 import invsolve as iv
 import operators as ops
-from invsolve.samplers.daps import annealing_sigmas, data_grad, operator_norm_sq
-from invsolve.samplers.dps import residual_norm
+from invsolve.samplers.daps import operator_norm_sq
+from invsolve.samplers.toolkit import annealing_sigmas, data_grad, residual_norm
 
 from helpers import run_smoke, tanh_problem, check_exactness, as_kind, linear_problems, measure, mixture, tiny_prior
 

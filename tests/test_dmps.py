@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import invsolve as iv
-from invsolve.samplers.base import ancestral_step, sigma_grid
+from invsolve.samplers.toolkit import LinearPart, ancestral_step, sigma_grid
 
 from helpers import run_smoke, tanh_problem, check_exactness, linear_problems, measure, mixture, assert_batched_equals_single, assert_prior_kinds_agree
 
@@ -67,7 +67,6 @@ def test_update_matches_the_official_vp_formula():
     grad = ((r @ U) * S_inv) @ U.T @ H / math.sqrt(abar_t)
     official = (x_vp + 1.75 * grad * (1 - alpha_t) / math.sqrt(alpha_t)) / math.sqrt(abar_prev)
     # invsolve: the same step through the sampler's code path
-    from invsolve.samplers.linalg import LinearPart
 
     lin = LinearPart(problem, x_prime.shape)
     f = math.sqrt((1 + sigma ** 2) / (1 + sigma_next ** 2))

@@ -3,7 +3,8 @@ import torch
 
 import invsolve as iv
 import operators as ops
-from invsolve.samplers.flowdps import FlowDPS, shifted_times
+from invsolve.samplers.flowdps import FlowDPS
+from invsolve.samplers.toolkit import shifted_times
 
 from helpers import tanh_problem, check_exactness, as_kind, linear_problems, measure, mixture, tiny_prior, assert_batched_equals_single
 

@@ -3,7 +3,7 @@ import torch
 
 import invsolve as iv
 import operators as ops
-from invsolve.samplers.linalg import LinearPart
+from invsolve.samplers.toolkit import LinearPart
 
 from helpers import run_smoke, tanh_problem, check_exactness, linear_problems, measure, mixture, assert_prior_kinds_agree
 

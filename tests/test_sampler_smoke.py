@@ -44,7 +44,7 @@ SMALL_NFE = 3
 SMALL = {
     "dps": (dict(steps=3), 3),
     "mcg": (dict(steps=3, noise_aware=False, schedule="karras"), 3),  # karras: last level sigma_min
-    "reddiff": (dict(steps=4), 4),  # the official grid range(0, 1000, 1000 // steps) has 4 points for steps=3
+    "reddiff": (dict(steps=4), 4),
     "daps": (dict(levels=3, ode_steps=1, mc_steps=2), 3),
     "flowdps": (dict(steps=3), 3),
     "diffpir": (dict(steps=3), 3),

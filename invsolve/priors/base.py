@@ -1,4 +1,8 @@
-"""The ``Prior`` contract: a denoiser ``D(x, sigma)`` in model space plus its card."""
+"""The ``Prior`` contract: a denoiser ``D(x, sigma)`` in model space plus its card.
+
+The prior also owns the view of a problem in its model space (``model_problem``): the affine
+``UnitMap`` of its card for pixel priors (``invsolve.priors.latent`` overrides it with the decoder).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from ..problem import ModelProblem, Problem, UnitMap
+from operators.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -36,6 +43,11 @@ class PriorCard:
     def channels(self) -> int:
         return self.shape[0]
 
+    @property
+    def unit_map(self) -> UnitMap:
+        """``x_model = scale * x_physical + offset``."""
+        return UnitMap(self.scale, self.offset)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
@@ -44,7 +56,7 @@ class PriorCard:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise ValueError(f"prior card has unknown fields {sorted(unknown)}; known fields: {sorted(names)}")
+            raise ConfigError(f"prior card has unknown fields {sorted(unknown)}; known fields: {sorted(names)}")
         data = dict(data)
         data["shape"] = tuple(data["shape"])
         if data.get("physical_range") is not None:
@@ -80,12 +92,31 @@ class Prior(nn.Module):
         return self.card.sigma_max
 
     def to_model(self, x_physical: torch.Tensor) -> torch.Tensor:
-        return self.card.scale * x_physical + self.card.offset
+        return self.card.unit_map.to_model(x_physical)
 
     def to_physical(self, x_model: torch.Tensor) -> torch.Tensor:
-        return (x_model - self.card.offset) / self.card.scale
+        return self.card.unit_map.to_physical(x_model)
+
+    def model_problem(self, problem: Problem | ModelProblem) -> ModelProblem:
+        """``problem`` seen from this prior's model space (what samplers run on): the card's affine
+        map, or the problem's own ``scale``/``offset`` where it was given one. Idempotent."""
+        if isinstance(problem, ModelProblem):
+            if problem.prior is not self:
+                raise ConfigError("this problem is already seen from another prior's model space; "
+                                  "pass the physical iv.Problem instead")
+            return problem
+        check_problem_prior(problem, self)
+        return ModelProblem(problem, problem.unit_map or self.card.unit_map, self.shape, prior=self)
 
     def __repr__(self) -> str:
         c = self.card
         return (f"Prior({c.name!r}, kind={c.kind}, parameterization={c.parameterization}, shape={c.shape}, "
                 f"sigma=[{c.sigma_min:g}, {c.sigma_max:g}])")
+
+
+def check_problem_prior(problem: Problem, prior: Prior) -> None:
+    """A ``ConfigError`` when ``problem`` was built for a prior other than ``prior``."""
+    own = problem.prior
+    if own is not None and own is not prior and own.card != prior.card:
+        raise ConfigError(f"the problem was built with prior {own.card.name!r} but is sampled with "
+                          f"{prior.card.name!r}; pass the same prior to iv.Problem(..., prior=...) and iv.sample")

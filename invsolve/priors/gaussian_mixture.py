@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from ..errors import ConfigError, DataError, PhysicsError
 from .base import Prior, PriorCard
 
 
@@ -31,19 +32,19 @@ class GaussianMixture(Prior):
         means = torch.as_tensor(means, dtype=torch.float64)
         covs = torch.as_tensor(covs, dtype=torch.float64)
         if means.ndim != 2 or covs.shape != (means.shape[0], means.shape[1], means.shape[1]):
-            raise ValueError(f"means must be (K, d) and covs (K, d, d); got {tuple(means.shape)} and {tuple(covs.shape)}")
+            raise ConfigError(f"means must be (K, d) and covs (K, d, d); got {tuple(means.shape)} and {tuple(covs.shape)}")
         k, d = means.shape
         weights = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         if weights.shape != (k,) or (weights < 0).any() or not torch.isclose(weights.sum(), torch.tensor(1.0, dtype=torch.float64)):
-            raise ValueError("weights must be K non-negative numbers summing to 1")
+            raise ConfigError("weights must be K non-negative numbers summing to 1")
         if not torch.allclose(covs, covs.transpose(1, 2)):
-            raise ValueError("covariances must be symmetric")
+            raise ConfigError("covariances must be symmetric")
         shape = tuple(shape) if shape is not None else (d,)
         if math.prod(shape) != d:
-            raise ValueError(f"shape {shape} does not hold d={d} values")
+            raise ConfigError(f"shape {shape} does not hold d={d} values")
         eigvals, eigvecs = torch.linalg.eigh(covs)
         if (eigvals < -1e-10 * eigvals.abs().max()).any():
-            raise ValueError("covariances must be positive semi-definite")
+            raise ConfigError("covariances must be positive semi-definite")
         card = PriorCard(name=name, kind="exact", parameterization="exact", shape=shape,
                          sigma_min=0.002, sigma_max=80.0, description=f"{k}-component Gaussian mixture in dimension {d}")
         super().__init__(self._denoise, card)
@@ -86,10 +87,11 @@ class GaussianMixture(Prior):
         The physics is applied (through ``problem.forward``, in model space) to the basis
         vectors to get its matrix ``M`` and offset ``c``; its cost is d forward calls.
         """
+        problem = self.model_problem(problem)
         if not problem.is_linear:
-            raise TypeError("the exact posterior needs linear physics (a deepinv LinearPhysics)")
+            raise PhysicsError("the exact posterior needs linear physics (a deepinv LinearPhysics)")
         if problem.batch != 1:
-            raise ValueError(f"posterior() takes a problem with one measurement, got {problem.batch}")
+            raise DataError(f"posterior() takes a problem with one measurement, got {problem.batch}")
         d = self.dim
         basis = torch.eye(d, dtype=torch.float64).reshape(d, *self.card.shape)
         zero = torch.zeros(1, *self.card.shape, dtype=torch.float64)

@@ -3,9 +3,9 @@
 A latent diffusion or flow model (Stable Diffusion 3 in FlowDPS, LDMs in PSLD/LatentDAPS) is a
 prior over latents ``z``; images are ``decoder(z)``. ``LatentPrior`` is such a prior: samplers
 run on latents exactly as on images (its ``D(z, sigma)`` is the latent model's denoiser and its
-card's ``shape`` is the latent shape), and ``compose(problem)`` returns the same inverse
-problem seen from latent space, ``y = A(decode(z)) + n``. ``invsolve.sample`` applies
-``compose`` itself, so
+card's ``shape`` is the latent shape), and ``model_problem(problem)`` returns the same inverse
+problem seen from latent space, ``y = A(decode(z)) + n``. ``invsolve.sample`` asks every prior
+for that view, so
 
     post = iv.sample("flowdps", latent_prior, problem, ...)
 
@@ -23,8 +23,9 @@ from typing import Callable
 import torch
 from deepinv.physics import Physics
 
-from ..problem import Problem
-from .base import Prior
+from ..problem import ModelProblem, Problem, UnitMap
+from .base import Prior, check_problem_prior
+from operators.errors import ConfigError
 
 
 class LatentPrior(Prior):
@@ -52,16 +53,13 @@ class LatentPrior(Prior):
             raise TypeError("prior is already a LatentPrior; compose the decoders into one callable instead")
         if not callable(decoder):
             raise TypeError(f"decoder must be callable (latents -> images), got {type(decoder).__name__}")
-        if scale == 0:
-            raise ValueError("scale must be nonzero (decoder_output = scale * x_physical + offset)")
         card = dataclasses.replace(prior.card, name=f"latent:{prior.card.name}", scale=1.0, offset=0.0,
                                    physical_range=None,
                                    metadata={**prior.card.metadata, "latent": True})
         super().__init__(prior, card)
         self.decoder = decoder
         self.encoder = encoder
-        self.image_scale = float(scale)
-        self.image_offset = float(offset)
+        self.image_map = UnitMap(float(scale), float(offset))  # decoder output = scale * x_physical + offset
         self._image_shape = tuple(image_shape) if image_shape is not None else None
 
     @property
@@ -78,21 +76,25 @@ class LatentPrior(Prior):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents -> images in physical units."""
-        return (self.decoder(z) - self.image_offset) / self.image_scale
+        return self.image_map.to_physical(self.decoder(z))
 
     def encode(self, x_physical: torch.Tensor) -> torch.Tensor:
         """Images in physical units -> latents (needs the encoder)."""
         if self.encoder is None:
             raise TypeError("this LatentPrior has no encoder; pass encoder=... to map images into latent space")
-        return self.encoder(self.image_scale * x_physical + self.image_offset)
+        return self.encoder(self.image_map.to_model(x_physical))
 
-    def compose(self, problem: Problem) -> "LatentProblem":
+    def model_problem(self, problem: Problem | ModelProblem) -> "LatentProblem":
         """``problem`` seen from latent space: ``y = A(decode(z)) + n`` (idempotent)."""
-        if isinstance(problem, LatentProblem):
-            if problem.latent_prior is not self:
-                raise ValueError("problem is already composed with another LatentPrior's decoder")
+        if isinstance(problem, ModelProblem):
+            if problem.prior is not self:
+                raise ConfigError("problem is already composed with another prior's model space; "
+                                  "pass the physical iv.Problem instead")
             return problem
+        check_problem_prior(problem, self)
         return LatentProblem(problem, self)
+
+    compose = model_problem  # the earlier name
 
     def __repr__(self) -> str:
         return f"LatentPrior({self.latent_prior!r}, image_shape={self._image_shape})"
@@ -110,23 +112,24 @@ class DecodedPhysics(Physics):
         return self.image_physics.A(self._latent_prior[0].decode(z), **kwargs)
 
 
-class LatentProblem(Problem):
-    """A ``Problem`` whose model space is a ``LatentPrior``'s latent space.
+class LatentProblem(ModelProblem):
+    """A ``Problem`` seen from a ``LatentPrior``'s latent space.
 
-    ``forward(z) = A(decode(z))`` with the image physics; ``to_physical`` decodes (so samplers and
-    ``invsolve.sample`` return images), ``to_model`` encodes (needs the encoder). The measurement,
-    ``sigma_y`` and the image physics come from ``problem``; the image's physical <-> decoder map
-    comes from the latent prior (``problem``'s own scale/offset are not used).
+    ``forward(z) = A(decode(z))`` with the image physics (``physics`` is that composition, a
+    nonlinear ``DecodedPhysics``); ``to_physical`` decodes (so samplers and ``invsolve.sample``
+    return images), ``to_model`` encodes (needs the encoder). The measurement, ``sigma_y`` and the
+    image physics come from ``problem``; the image's physical <-> decoder map is the latent prior's.
     """
 
     def __init__(self, problem: Problem, latent_prior: LatentPrior):
         if not isinstance(problem, Problem):
             raise TypeError(f"problem must be an invsolve Problem, got {type(problem).__name__}")
-        super().__init__(DecodedPhysics(problem.physics, latent_prior), problem.y, problem.sigma_y,
-                         scale=1.0, offset=0.0)
+        super().__init__(problem, UnitMap(), latent_prior.shape, prior=latent_prior)
         self.image_problem = problem
         self.latent_prior = latent_prior
-        self.x_shape = tuple(latent_prior.shape)
+        self._physics = DecodedPhysics(problem.physics, latent_prior)
+
+    physics = property(lambda self: self._physics)
 
     @property
     def image_shape(self) -> tuple[int, ...]:

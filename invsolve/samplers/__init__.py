@@ -1,10 +1,10 @@
-"""Posterior samplers; ``names()`` lists them, ``invsolve.sample`` runs one."""
+"""Posterior samplers; ``names()`` lists them, ``invsolve.sample`` runs one.
 
-from . import dps  # noqa: F401  (registers the sampler)
-from . import mcg, reddiff  # noqa: F401
-from . import daps  # noqa: F401
-from . import flowdps  # noqa: F401
-from . import diffpir, dmps, pigdm  # noqa: F401
+Shared steps are in ``toolkit``; each other module is one method (its update rule, hyperparameters,
+presets and citation) and registers itself on import.
+"""
+
+from . import daps, diffpir, dmps, dps, flowdps, mcg, pigdm, reddiff  # noqa: F401  (register the samplers)
 from .base import Posterior, configure, get, names, nfe_overrides, register, sample
 
 __all__ = ["Posterior", "configure", "get", "names", "nfe_overrides", "register", "sample"]

@@ -61,24 +61,11 @@ import math
 
 import torch
 
-from .base import karras_sigmas, randn, register
-from .dps import residual_norm
+from operators import linalg
+from operators.errors import ConfigError
 
-
-def annealing_sigmas(levels: int, sigma_min: float, sigma_max: float) -> list[float]:
-    """The official annealing grid: the first ``levels`` of ``levels + 1`` poly-7 levels from
-    ``sigma_max`` to ``sigma_min`` (``Scheduler.discretize`` drops the last one), then 0."""
-    return karras_sigmas(levels + 1, sigma_min, sigma_max)[:levels].tolist() + [0.0]
-
-
-def pf_ode_euler(prior, x: torch.Tensor, sigma: float, sigma_end: float, steps: int) -> torch.Tensor:
-    """Euler steps of the probability-flow ODE ``dx/ds = (x - D(x, s)) / s`` from ``sigma`` to
-    ``sigma_end`` over ``steps + 1`` poly-7 levels (``DiffusionPFODE.sample`` with the EDM
-    scheduler and ``solver='euler'``): ``steps`` denoiser calls; returns the state at ``sigma_end``."""
-    grid = karras_sigmas(steps + 1, sigma_end, sigma)[:-1].tolist()
-    for s, s_next in zip(grid[:-1], grid[1:]):
-        x = x + (s_next - s) * (x - prior(x, s)) / s
-    return x
+from .base import register
+from .toolkit import annealing_sigmas, data_grad, pf_ode_euler, randn, report
 
 
 TAU_REF = 0.01  # the official likelihood temperature, at which the official step sizes were tuned
@@ -90,49 +77,16 @@ def effective_tau(problem, tau: float | None) -> float:
     if tau is not None:
         return float(tau)
     if problem.sigma_y <= 0:
-        raise ValueError("DAPS with tau=None uses the true likelihood and needs sigma_y > 0; "
+        raise ConfigError("DAPS with tau=None uses the true likelihood and needs sigma_y > 0; "
                          "pass a likelihood temperature tau (official: 0.01) for noiseless data")
     return math.sqrt(2.0) * problem.sigma_y * problem.scale
 
 
-def operator_norm_sq(problem, iters: int = 100, tol: float = 1e-7) -> float:
-    """``||A||^2``, the largest eigenvalue of ``A^T A`` of a linear physics in its own (physical)
-    units, by power iteration from a fixed-seed start (no caller randomness is consumed). The
+def operator_norm_sq(problem) -> float:
+    """``||A||^2`` of a linear physics in its own (physical) units (``operators.linalg``). The
     model-space data term of DAPS has curvature ``2 ||A||^2 / tau^2`` with ``tau`` in model units of
     ``y`` (the ``scale`` factors cancel), so this is the norm that sets its stable Langevin step."""
-    physics = problem.physics
-    like = problem.adjoint(problem.y)
-    real = not like.is_complex()
-    v = torch.randn(like.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    v = v.to(like.dtype if not real else torch.promote_types(like.dtype, torch.float32))
-    v = v / v.norm()
-    value = 0.0
-    for _ in range(iters):
-        w = physics.A_adjoint(physics.A(v))
-        if real and w.is_complex():
-            w = w.real
-        new = float(w.norm())
-        if new == 0:
-            return 0.0
-        v = w / new
-        if abs(new - value) <= tol * new:
-            return new
-        value = new
-    return value
-
-
-def data_grad(problem, x: torch.Tensor) -> torch.Tensor:
-    """``grad_x ||y - A(x)||^2`` for every sample of the batch: ``-2 J^T r`` with the physics'
-    adjoint for linear physics (``problem.adjoint``), autograd through the physics otherwise."""
-    if problem.is_linear:
-        grad = -2 * problem.adjoint(problem.residual(x))
-        if grad.is_complex() and not x.is_complex():
-            grad = grad.real
-        return grad.to(x.dtype)
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(residual_norm(problem, x, "l2sq"), x)
-    return grad
+    return linalg.operator_norm_sq(problem.physics, problem.adjoint(problem.y))
 
 
 # Official per-task settings (configs/task/*.yaml of the official repository, tau = 0.01,
@@ -228,17 +182,17 @@ class DAPS:
 
     def __post_init__(self):
         if self.mc_algo not in ("langevin", "hmc"):
-            raise ValueError(f"mc_algo must be 'langevin' or 'hmc', got {self.mc_algo!r}")
+            raise ConfigError(f"mc_algo must be 'langevin' or 'hmc', got {self.mc_algo!r}")
         if self.levels < 1 or self.ode_steps < 1 or self.mc_steps < 0:
-            raise ValueError(f"need levels >= 1, ode_steps >= 1 and mc_steps >= 0; got {self.levels}, "
+            raise ConfigError(f"need levels >= 1, ode_steps >= 1 and mc_steps >= 0; got {self.levels}, "
                              f"{self.ode_steps}, {self.mc_steps}")
         if not 0 < self.ode_sigma_min < self.sigma_min < self.sigma_max:
-            raise ValueError(f"need 0 < ode_sigma_min < sigma_min < sigma_max; got {self.ode_sigma_min}, "
+            raise ConfigError(f"need 0 < ode_sigma_min < sigma_min < sigma_max; got {self.ode_sigma_min}, "
                              f"{self.sigma_min}, {self.sigma_max}")
         if self.tau is not None and not self.tau > 0:
-            raise ValueError(f"tau must be > 0 or None (true sigma_y), got {self.tau}")
+            raise ConfigError(f"tau must be > 0 or None (true sigma_y), got {self.tau}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
 
     @classmethod
     def for_nfe(cls, nfe: int) -> dict:
@@ -252,7 +206,7 @@ class DAPS:
         sigma_min = max(self.sigma_min, prior.sigma_min)
         ode_sigma_min = max(self.ode_sigma_min, prior.sigma_min)
         if not ode_sigma_min < sigma_min < sigma_max:
-            raise ValueError(f"the prior's sigma range [{prior.sigma_min:g}, {prior.sigma_max:g}] leaves no room for "
+            raise ConfigError(f"the prior's sigma range [{prior.sigma_min:g}, {prior.sigma_max:g}] leaves no room for "
                              f"DAPS levels {sigma_max:g} -> {sigma_min:g} above ode_sigma_min={ode_sigma_min:g}; "
                              "adjust sigma_max / sigma_min / ode_sigma_min")
         tau = effective_tau(problem, self.tau)
@@ -268,9 +222,8 @@ class DAPS:
             eta = lr * (1 + i / (self.levels + 1) * (self.lr_min_ratio - 1))
             x0y = self._mcmc(problem, x0_hat, sigma, eta, weight, x_shape, generator)
             x = x0y + sigma_next * randn(x_shape, generator) if sigma_next > 0 else x0y
-            if callback is not None:
-                callback({"step": i, "steps": self.levels, "sigma": sigma, "x": x, "denoised": x0_hat, "x0y": x0y})
-        return x.detach(), self.levels * self.ode_steps
+            report(callback, i, self.levels, sigma, x, x0_hat, x0y=x0y)
+        return x.detach()
 
     def _mcmc(self, problem, x0_hat, sigma, eta, weight, x_shape, generator):
         """Langevin or damped HMC on ``p(x0 | x_i, y)`` with the Gaussian prior term

@@ -39,23 +39,10 @@ import math
 
 import torch
 
-from .base import randn, register, sigma_grid
-from .linalg import LinearPart, _require_linear
+from operators.errors import ConfigError
 
-
-def quad_ddpm_sigmas(steps: int, prior, sigma_max: float | None = None, timesteps: int = 1000) -> torch.Tensor:
-    """The official ``skip_type='quad'`` grid: DDPM (linear beta) levels at timesteps
-    ``T - 1 - floor(sqrt(linspace(0, T^2, steps)))`` (last one at t = 0), clipped to the
-    prior's range, then 0. Dense near t = 0, coarse at high noise."""
-    from ..priors.adapters import DDPMSchedule
-
-    all_sigmas = DDPMSchedule(timesteps=timesteps).sigmas
-    seq = torch.linspace(0, float(timesteps) ** 2, steps, dtype=torch.float64).sqrt().floor().long()
-    seq[-1] = timesteps - 1
-    t = (timesteps - 1) - seq
-    hi = min(sigma_max or prior.sigma_max, prior.sigma_max)
-    sigmas = all_sigmas[t].clamp(prior.sigma_min, hi)
-    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+from .base import register
+from .toolkit import LinearPart, noise_estimate, randn, report, sigma_grid
 
 
 @register("diffpir")
@@ -104,20 +91,14 @@ class DiffPIR:
 
     def __post_init__(self):
         if not 0.0 <= self.zeta <= 1.0:
-            raise ValueError(f"zeta must lie in [0, 1], got {self.zeta}")
+            raise ConfigError(f"zeta must lie in [0, 1], got {self.zeta}")
         if self.lambda_ <= 0:
-            raise ValueError(f"lambda_ must be > 0, got {self.lambda_}")
-
-    def sigmas(self, prior) -> list[float]:
-        if self.schedule == "quad":
-            return quad_ddpm_sigmas(self.steps, prior, self.sigma_max).tolist()
-        return sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()
+            raise ConfigError(f"lambda_ must be > 0, got {self.lambda_}")
 
     def run(self, prior, problem, x_shape, generator, callback=None):
-        _require_linear(problem, "DiffPIR's closed-form data step")
-        sigmas = self.sigmas(prior)
+        lin = LinearPart(problem, x_shape, iters=self.cg_iters, who="DiffPIR's closed-form data step")
+        sigmas = sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()
         sigma_y = max(problem.sigma_y, self.sigma_y_floor)
-        lin = LinearPart(problem, x_shape, iters=self.cg_iters)
         x = sigmas[0] * randn(x_shape, generator)
         for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
             rho = self.lambda_ * sigma_y ** 2 / sigma ** 2 / problem.scale ** 2
@@ -125,11 +106,10 @@ class DiffPIR:
                 denoised = prior(x, sigma)
                 x0_y = lin.project(denoised, problem.tiled_y(x.shape[0]), rho)
             if sigma_next > 0:
-                eps_hat = (x - x0_y) / sigma
+                eps_hat = noise_estimate(x, x0_y, sigma)
                 noise = randn(x_shape, generator)
                 x = x0_y + sigma_next * (math.sqrt(1 - self.zeta) * eps_hat + math.sqrt(self.zeta) * noise)
             else:
                 x = x0_y
-            if callback is not None:
-                callback({"step": i, "steps": len(sigmas) - 1, "sigma": sigma, "x": x, "denoised": denoised})
-        return x.detach(), len(sigmas) - 1
+            report(callback, i, len(sigmas) - 1, sigma, x, denoised)
+        return x.detach()

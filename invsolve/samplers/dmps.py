@@ -34,8 +34,8 @@ import math
 
 import torch
 
-from .base import ancestral_step, model_clip, randn, register, sigma_grid
-from .linalg import LinearPart, _require_linear
+from .base import register
+from .toolkit import LinearPart, ancestral_step, model_clip, randn, report, sigma_grid, step_noise
 
 
 @register("dmps")
@@ -77,10 +77,9 @@ class DMPS:
     }
 
     def run(self, prior, problem, x_shape, generator, callback=None):
-        _require_linear(problem, "DMPS")
         sigmas = sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()
         clip = model_clip(prior, problem) if self.clip_denoised else None
-        lin = LinearPart(problem, x_shape, self.cg_iters)
+        lin = LinearPart(problem, x_shape, self.cg_iters, who="DMPS")
         noise_var = problem.sigma_y ** 2
         x = sigmas[0] * randn(x_shape, generator)
         for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
@@ -88,11 +87,9 @@ class DMPS:
                 denoised = prior(x, sigma)
                 if clip is not None:
                     denoised = clip(denoised)
-                noise = randn(x_shape, generator) if sigma_next > 0 else torch.zeros_like(x)
-                x = ancestral_step(x, denoised, sigma, sigma_next, noise)
+                x = ancestral_step(x, denoised, sigma, sigma_next, step_noise(x, generator, sigma_next))
                 f = math.sqrt((1 + sigma ** 2) / (1 + sigma_next ** 2)) if self.vp_scaling else 1.0
                 u = lin.solve_measurement(problem.residual(f * x), sigma ** 2, noise_var)
                 x = x + self.scale * (sigma ** 2 - sigma_next ** 2) * problem.adjoint(u).to(x.dtype)
-            if callback is not None:
-                callback({"step": i, "steps": len(sigmas) - 1, "sigma": sigma, "x": x, "denoised": denoised})
-        return x.detach(), len(sigmas) - 1
+            report(callback, i, len(sigmas) - 1, sigma, x, denoised)
+        return x.detach()

@@ -24,40 +24,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import torch
-
-from .base import ancestral_step, model_clip, randn, register, sigma_grid
-
-
-def residual_norm(problem, denoised: torch.Tensor, norm: str) -> torch.Tensor:
-    """Sum over the batch of each sample's ``||y - A(x0)||`` (``l2``) or its square (``l2sq``)."""
-    r = problem.residual(denoised).reshape(denoised.shape[0], -1)
-    if r.is_complex():
-        r = torch.view_as_real(r).reshape(r.shape[0], -1)
-    sq = r.pow(2).sum(1)
-    if norm == "l2":
-        return sq.sqrt().sum()
-    if norm == "l2sq":
-        return sq.sum()
-    raise ValueError(f"norm must be 'l2' or 'l2sq', got {norm!r}")
-
-
-def guided_denoise(prior, problem, x: torch.Tensor, sigma: float, norm: str = "l2", clip=None, loss=None):
-    """``(x0_hat, grad_x loss(x0_hat))``: the guidance mechanism shared by DPS-type samplers
-    (gradient through the denoiser, per sample).
-
-    ``loss`` maps the denoised batch to a scalar that sums per-sample terms; by default it
-    is ``residual_norm(problem, x0_hat, norm)`` (DPS). ΠGDM passes ``<v, x0_hat>`` with a
-    fixed ``v``, i.e. a vector-Jacobian product through the denoiser.
-    """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        denoised = prior(x, sigma)
-        if clip is not None:
-            denoised = clip(denoised)
-        value = residual_norm(problem, denoised, norm) if loss is None else loss(denoised)
-        (grad,) = torch.autograd.grad(value, x)
-    return denoised.detach(), grad
+from .base import register
+from .toolkit import ancestral_step, guided_denoise, model_clip, randn, report, sigma_grid, step_noise
 
 
 @register("dps")
@@ -103,8 +71,6 @@ class DPS:
         for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
             denoised, grad = guided_denoise(prior, problem, x, sigma, self.norm, clip)
             zeta = self.zeta * (math.sqrt((1 + sigma ** 2) * (1 + sigma_next ** 2)) if self.vp_scaling else 1.0)
-            noise = randn(x_shape, generator) if sigma_next > 0 else torch.zeros_like(x)
-            x = ancestral_step(x, denoised, sigma, sigma_next, noise) - zeta * grad
-            if callback is not None:
-                callback({"step": i, "steps": len(sigmas) - 1, "sigma": sigma, "x": x, "denoised": denoised})
-        return x.detach(), len(sigmas) - 1
+            x = ancestral_step(x, denoised, sigma, sigma_next, step_noise(x, generator, sigma_next)) - zeta * grad
+            report(callback, i, len(sigmas) - 1, sigma, x, denoised)
+        return x.detach()

@@ -55,32 +55,14 @@ import math
 
 import torch
 
-from .base import model_clip, randn, register
+from deepinv.physics import LinearPhysics
 
-SD3_U_MIN = 3.0 * 1e-3 / (1 + 2.0 * 1e-3)  # smallest unshifted time of SD3's scheduler (shift 3 at init)
+from operators.errors import ConfigError, PhysicsError
+
+from .base import register
+from .toolkit import model_clip, randn, report, shifted_times
 
 LOSSES = ("residual", "adjoint", "pinv")
-
-
-def shifted_times(steps: int, shift: float, t_max: float, t_min: float, u_min: float = SD3_U_MIN) -> torch.Tensor:
-    """SD3's shifted flow-time grid: ``steps`` times from ``t_max`` down, then 0.
-
-    ``u`` runs evenly from ``unshift(t_max)`` to ``max(u_min, unshift(t_min))`` and is mapped to
-    ``t = shift u / (1 + (shift - 1) u)`` (diffusers ``FlowMatchEulerDiscreteScheduler``).
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if shift <= 0:
-        raise ValueError(f"shift must be > 0, got {shift}")
-
-    def unshift(t):
-        return t / (shift - (shift - 1) * t)
-
-    u_hi = unshift(t_max)
-    u_lo = min(max(u_min, unshift(t_min)), u_hi)
-    u = torch.linspace(u_hi, u_lo, steps, dtype=torch.float64)
-    t = shift * u / (1 + (shift - 1) * u)
-    return torch.cat([t, torch.zeros(1, dtype=torch.float64)])
 
 
 def _image_physics(problem):
@@ -98,15 +80,13 @@ def consistency_loss(problem, x0: torch.Tensor, loss: str) -> torch.Tensor:
     """
     r = problem.residual(x0)
     if loss in ("adjoint", "pinv"):
-        from deepinv.physics import LinearPhysics
-
         physics = _image_physics(problem)
         if not isinstance(physics, LinearPhysics):
-            raise TypeError(f"FlowDPS loss={loss!r} needs linear physics ({type(physics).__name__} is not a "
+            raise PhysicsError(f"FlowDPS loss={loss!r} needs linear physics ({type(physics).__name__} is not a "
                             "deepinv LinearPhysics); use loss='residual'")
         r = physics.A_adjoint(r) if loss == "adjoint" else physics.A_dagger(r)
     elif loss != "residual":
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        raise ConfigError(f"loss must be one of {LOSSES}, got {loss!r}")
     r = r.reshape(x0.shape[0], -1)
     if r.is_complex():
         r = torch.view_as_real(r).reshape(r.shape[0], -1)
@@ -173,9 +153,9 @@ class FlowDPS:
 
     def run(self, prior, problem, x_shape, generator, callback=None):
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+            raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.dc_iters < 0:
-            raise ValueError(f"dc_iters must be >= 0, got {self.dc_iters}")
+            raise ConfigError(f"dc_iters must be >= 0, got {self.dc_iters}")
         times = self.times(prior).tolist()
         clip = model_clip(prior, problem) if self.clip_denoised else None
         z = times[0] * randn(x_shape, generator)  # (1 - t) x0 + t eps with the x0 term dropped, as x = sigma_max eps
@@ -194,7 +174,5 @@ class FlowDPS:
                 z = (1 - t_next) * x0y + t_next * noise
             else:
                 z = x0y
-            if callback is not None:
-                callback({"step": i, "steps": len(times) - 1, "sigma": sigma, "x": z / (1 - t_next),
-                          "denoised": x0_hat})
-        return z.detach(), len(times) - 1
+            report(callback, i, len(times) - 1, sigma, z / (1 - t_next), x0_hat)
+        return z.detach()

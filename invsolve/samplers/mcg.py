@@ -37,9 +37,8 @@ import math
 
 import torch
 
-from .base import ancestral_step, model_clip, randn, register, sigma_grid
-from .dps import guided_denoise
-from .linalg import LinearPart
+from .base import register
+from .toolkit import LinearPart, ancestral_step, guided_denoise, model_clip, randn, report, sigma_grid, step_noise
 
 
 @register("mcg")
@@ -94,12 +93,9 @@ class MCG:
     }
 
     def run(self, prior, problem, x_shape, generator, callback=None):
-        if not problem.is_linear:
-            raise TypeError(f"MCG projects onto the measurement and needs linear physics (a deepinv LinearPhysics); "
-                            f"{type(problem.physics).__name__} is not. Use 'dps' or 'reddiff' for nonlinear physics.")
         sigmas = sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()
         clip = model_clip(prior, problem) if self.clip_denoised else None
-        lin = LinearPart(problem, x_shape, self.cg_iters)
+        lin = LinearPart(problem, x_shape, self.cg_iters, who="MCG's projection onto the measurement")
         x = sigmas[0] * randn(x_shape, generator)
         with torch.no_grad():
             y = problem.tiled_y(x_shape[0])
@@ -111,13 +107,12 @@ class MCG:
                 shrink = math.sqrt((1 + sigma_next ** 2) / (1 + sigma ** 2))
             else:
                 alpha, shrink = self.alpha, 1.0
-            noise = randn(x_shape, generator) if sigma_next > 0 else torch.zeros_like(x)
+            noise = step_noise(x, generator, sigma_next)
             z = randn(x_shape, generator)
             with torch.no_grad():
                 x = ancestral_step(x, denoised, sigma, sigma_next, noise) - alpha * problem.scale * grad
                 y_i = c + shrink * (y - c + sigma * problem.linear_forward(z))
                 rho = (problem.sigma_y / sigma) ** 2 if self.noise_aware else 0.0
                 x = lin.project(x, y_i, rho)
-            if callback is not None:
-                callback({"step": i, "steps": len(sigmas) - 1, "sigma": sigma, "x": x, "denoised": denoised})
-        return x.detach(), len(sigmas) - 1
+            report(callback, i, len(sigmas) - 1, sigma, x, denoised)
+        return x.detach()

@@ -38,42 +38,13 @@ dense problems, ``cg_iters`` conjugate-gradient steps otherwise), set up once pe
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 
-from .base import model_clip, randn, register, sigma_grid
-from .dps import guided_denoise
-from .linalg import LinearPart, _require_linear
+from operators.errors import ConfigError
 
-
-def uniform_ddpm_sigmas(steps: int, prior, sigma_max: float | None = None, timesteps: int = 1000) -> torch.Tensor:
-    """The reference grid (RED-diff ``get_timesteps``, DDIM's uniform skip): the linear-beta DDPM
-    levels at t = (steps - 1) k, ..., k, 0 with k = timesteps // steps, clipped to the prior's
-    range, then 0 (the reference's last step goes to ``alpha(-1) = 1``). For ``steps`` dividing
-    ``timesteps`` this is exactly ``reversed(range(0, timesteps, k))``; otherwise it keeps
-    ``steps`` levels (the reference range would add one)."""
-    from ..priors.adapters import DDPMSchedule
-
-    if not 1 <= steps <= timesteps:
-        raise ValueError(f"steps must be in [1, {timesteps}], got {steps}")
-    all_sigmas = DDPMSchedule(timesteps=timesteps).sigmas
-    t = torch.arange(steps - 1, -1, -1) * (timesteps // steps)
-    hi = min(sigma_max or prior.sigma_max, prior.sigma_max)
-    sigmas = all_sigmas[t].clamp(prior.sigma_min, hi)
-    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
-
-
-def ddim_step(x: torch.Tensor, denoised: torch.Tensor, target: torch.Tensor, sigma: float, sigma_next: float,
-              eta: float, noise: torch.Tensor) -> torch.Tensor:
-    """DDIM step sigma -> sigma_next in VE coordinates towards ``target`` (a possibly guided
-    clean estimate) with the noise direction ``(x - denoised) / sigma`` of the unconditional
-    ``denoised``; ``eta = 1`` is DDPM's ancestral variance, ``eta = 0`` deterministic."""
-    if sigma_next <= 0:
-        return target
-    c1 = eta * sigma_next * math.sqrt(max(0.0, 1 - (sigma_next / sigma) ** 2))
-    c2 = math.sqrt(max(0.0, sigma_next ** 2 - c1 ** 2))
-    return target + c2 * (x - denoised) / sigma + c1 * noise
+from .base import register
+from .toolkit import LinearPart, ddim_step, guided_denoise, model_clip, randn, report, sigma_grid, step_noise
 
 
 @register("pigdm")
@@ -121,22 +92,16 @@ class PiGDM:
 
     def __post_init__(self):
         if self.weighting not in ("reference", "score"):
-            raise ValueError(f"weighting must be 'reference' or 'score', got {self.weighting!r}")
+            raise ConfigError(f"weighting must be 'reference' or 'score', got {self.weighting!r}")
         if self.schedule not in ("uniform", "ddpm", "karras"):
-            raise ValueError(f"schedule must be 'uniform', 'ddpm' or 'karras', got {self.schedule!r}")
+            raise ConfigError(f"schedule must be 'uniform', 'ddpm' or 'karras', got {self.schedule!r}")
         if self.init not in ("pinv", "noise"):
-            raise ValueError(f"init must be 'pinv' or 'noise', got {self.init!r}")
-
-    def sigmas(self, prior) -> list[float]:
-        if self.schedule == "uniform":
-            return uniform_ddpm_sigmas(self.steps, prior, self.sigma_max).tolist()
-        return sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()
+            raise ConfigError(f"init must be 'pinv' or 'noise', got {self.init!r}")
 
     def run(self, prior, problem, x_shape, generator, callback=None):
-        _require_linear(problem, "ΠGDM")
-        sigmas = self.sigmas(prior)
+        lin = LinearPart(problem, x_shape, iters=self.cg_iters, who="ΠGDM")
+        sigmas = sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()
         clip = model_clip(prior, problem) if self.clip_denoised else None
-        lin = LinearPart(problem, x_shape, iters=self.cg_iters)
         noise_var = problem.sigma_y ** 2
         x = sigmas[0] * randn(x_shape, generator)
         if self.init == "pinv":
@@ -152,8 +117,6 @@ class PiGDM:
 
             denoised, g = guided_denoise(prior, problem, x, sigma, clip=clip, loss=inner)
             w = self.weight * ((1 + sigma ** 2) if self.weighting == "score" else 1.0)
-            noise = randn(x_shape, generator) if sigma_next > 0 else torch.zeros_like(x)
-            x = ddim_step(x, denoised, denoised + w * g, sigma, sigma_next, self.eta, noise)
-            if callback is not None:
-                callback({"step": i, "steps": len(sigmas) - 1, "sigma": sigma, "x": x, "denoised": denoised})
-        return x.detach(), len(sigmas) - 1
+            x = ddim_step(x, denoised, denoised + w * g, sigma, sigma_next, self.eta, step_noise(x, generator, sigma_next))
+            report(callback, i, len(sigmas) - 1, sigma, x, denoised)
+        return x.detach()

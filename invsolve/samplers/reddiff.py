@@ -27,37 +27,26 @@ carry over. Nonlinear physics works (gradient by autograd); it starts from zeros
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
-from .base import randn, register
-from .linalg import LinearPart
+from operators.errors import ConfigError
+
+from .base import register
+from .toolkit import LinearPart, noise_estimate, randn, report, sigma_grid
 
 WEIGHTINGS = ("linear", "sqrt", "square", "log", "trunc_linear", "power2over3", "const")
 
 
 def snr_weight(kind: str, snr_inv: float) -> float:
     """The official ``denoise_term_weight`` options as functions of ``1/SNR^{1/2} = sigma_t``."""
-    import math
-
     table = {"linear": snr_inv, "sqrt": math.sqrt(snr_inv), "square": snr_inv ** 2,
              "log": math.log(snr_inv + 1.0), "trunc_linear": min(snr_inv, 1.0),
              "power2over3": snr_inv ** (2 / 3), "const": 1.0}
     if kind not in table:
-        raise ValueError(f"unknown weighting {kind!r}; choose one of {', '.join(WEIGHTINGS)}")
+        raise ConfigError(f"unknown weighting {kind!r}; choose one of {', '.join(WEIGHTINGS)}")
     return table[kind]
-
-
-def timestep_sigmas(steps: int, prior, timesteps: int = 1000) -> list[float]:
-    """Official grid: t = reversed(range(0, T, T // steps)) on the linear-beta DDPM schedule,
-    as VE sigmas clipped to the prior's range."""
-    from ..priors.adapters import DDPMSchedule
-
-    if not 1 <= steps <= timesteps:
-        raise ValueError(f"steps must be in [1, {timesteps}], got {steps}")
-    all_sigmas = DDPMSchedule(timesteps=timesteps).sigmas
-    ts = list(range(0, timesteps, timesteps // steps))[::-1]
-    return [min(max(float(all_sigmas[t]), prior.sigma_min), prior.sigma_max) for t in ts]
 
 
 @register("reddiff")
@@ -112,14 +101,14 @@ class REDDiff:
 
     def __post_init__(self):
         if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+            raise ConfigError(f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
         if self.init not in ("pinv", "zeros"):
-            raise ValueError(f"unknown init {self.init!r}; choose 'pinv' or 'zeros'")
+            raise ConfigError(f"unknown init {self.init!r}; choose 'pinv' or 'zeros'")
         if self.sigma_x0 < 0:
-            raise ValueError(f"sigma_x0 must be >= 0, got {self.sigma_x0}")
+            raise ConfigError(f"sigma_x0 must be >= 0, got {self.sigma_x0}")
 
     def run(self, prior, problem, x_shape, generator, callback=None):
-        sigmas = timestep_sigmas(self.steps, prior)
+        sigmas = sigma_grid("uniform", self.steps, prior)[:-1].tolist()  # the official grid, without the final 0
         mu = self._init(problem, x_shape).detach().requires_grad_(True)
         optimizer = torch.optim.Adam([mu], lr=self.lr, betas=(0.9, 0.99), weight_decay=0.0)
         for i, sigma in enumerate(sigmas):
@@ -130,7 +119,7 @@ class REDDiff:
                 with torch.no_grad():
                     x_t = x0_pred + sigma * eps
                     denoised = prior(x_t, sigma)
-                    eps_hat = (x_t - denoised) / sigma
+                    eps_hat = noise_estimate(x_t, denoised, sigma)
                 w = self.lam * snr_weight(self.weighting, sigma)
                 loss = (w * _per_sample_mean((eps_hat - eps) * x0_pred).sum()
                         + self.obs_weight * 0.5 * _per_sample_mean(_abs2(problem.scale * problem.residual(x0_pred))).sum())
@@ -138,9 +127,8 @@ class REDDiff:
                 loss.backward()
             evaluated = x0_pred.detach().clone()  # the official output; Adam updates mu in place
             optimizer.step()
-            if callback is not None:
-                callback({"step": i, "steps": len(sigmas), "sigma": sigma, "x": mu.detach(), "denoised": denoised})
-        return evaluated, len(sigmas)
+            report(callback, i, len(sigmas), sigma, mu.detach(), denoised)
+        return evaluated
 
     def _init(self, problem, x_shape):
         dtype = torch.get_default_dtype()
