@@ -31,13 +31,15 @@ with arbitrary k-space trajectories", MRM 46:638-651, 2001): conjugate gradients
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from deepinv.physics import MRI, MultiCoilMRI
 
 from .coils import as_complex_kspace, birdcage_maps, estimate_coil_maps  # noqa: F401 (public re-export)
+from .masks import create_mask_for_mask_type, poisson_disc_mask
+from .linalg import cg
 
 # --------------------------------------------------------------------------------------------
 # fastMRI helpers
@@ -97,8 +99,6 @@ def cartesian_mask(img_size: tuple[int, int], mask_type: str = "equispaced_fract
     """(H, W) mask of fastMRI columns for images of ``img_size``; ``center_fraction`` defaults to
     fastMRI's pairing (0.08 for 4x, 0.04 for 8x). ``mask_type="uniform1d"`` gives
     DiffusionMBIR's mask instead (``uniform1d_columns``)."""
-    from .masks import create_mask_for_mask_type
-
     height, width = img_size
     if mask_type == "uniform1d":
         if center_fraction is None:
@@ -215,47 +215,6 @@ def centering_phases(sizes: Sequence[int]) -> tuple[torch.Tensor, complex]:
 def _complex_dtype(dtype: torch.dtype) -> torch.dtype:
     return {torch.float32: torch.complex64, torch.float64: torch.complex128, torch.float16: torch.complex32,
             torch.complex64: torch.complex64, torch.complex128: torch.complex128}[dtype]
-
-
-def conjugate_gradient(normal: Callable[[torch.Tensor], torch.Tensor], rhs: torch.Tensor,
-                       x0: torch.Tensor | None = None, tol: float = 1e-6,
-                       max_iter: int = 100) -> tuple[torch.Tensor, dict]:
-    """Solve ``normal(x) = rhs`` (Hermitian positive semi-definite) by conjugate gradients,
-    independently for each element of dimension 0.
-
-    Stops when ``||r_b|| <= tol * ||rhs_b||`` for every batch element b (converged elements
-    are frozen) or after ``max_iter`` iterations. Returns ``x`` and ``{"iterations",
-    "relative_residual"}`` (a tensor per batch element).
-    """
-    dims = tuple(range(1, rhs.ndim))
-    view = (-1,) + (1,) * (rhs.ndim - 1)
-
-    def dot(a, b):
-        return (a.conj() * b).real.sum(dims) if a.is_complex() else (a * b).sum(dims)
-
-    x = torch.zeros_like(rhs) if x0 is None else x0.clone()
-    r = rhs - normal(x) if x0 is not None else rhs.clone()
-    p = r.clone()
-    rs = dot(r, r)
-    rhs_norm = dot(rhs, rhs).sqrt()
-    threshold = tol * rhs_norm
-    iterations = 0
-    for _ in range(max_iter):
-        active = rs.sqrt() > threshold
-        if not bool(active.any()):
-            break
-        iterations += 1
-        normal_p = normal(p)
-        p_normal_p = dot(p, normal_p)
-        alpha = torch.where(active & (p_normal_p > 0), rs / torch.where(p_normal_p > 0, p_normal_p, 1), 0)
-        x = x + alpha.reshape(view) * p
-        r = r - alpha.reshape(view) * normal_p
-        rs_new = dot(r, r)
-        beta = torch.where(active & (rs > 0), rs_new / torch.where(rs > 0, rs, 1), 0)
-        p = r + beta.reshape(view) * p
-        rs = torch.where(active, rs_new, rs)
-    relative = rs.sqrt() / torch.where(rhs_norm > 0, rhs_norm, 1)
-    return x, {"iterations": iterations, "relative_residual": relative}
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,8 +421,8 @@ class SenseMRI(MultiCoilMRI):
         def normal(v):
             return self.normal_complex(v) + lam * v if lam else self.normal_complex(v)
 
-        x, _ = conjugate_gradient(normal, rhs, x0, tol=self.tol if tol is None else tol,
-                                  max_iter=self.max_iter if max_iter is None else max_iter)
+        x = cg(normal, rhs, x0, tol=self.tol if tol is None else tol,
+               iters=self.max_iter if max_iter is None else max_iter)
         return torch.view_as_real(x).movedim(-1, 1)
 
     def prox_l2(self, z: torch.Tensor, y: torch.Tensor, gamma, tol: float | None = None, max_iter: int | None = None,
@@ -476,9 +435,8 @@ class SenseMRI(MultiCoilMRI):
         inv_gamma = 1 / torch.as_tensor(gamma, dtype=rhs.real.dtype, device=rhs.device)
         if inv_gamma.ndim:
             inv_gamma = inv_gamma.reshape((-1,) + (1,) * (rhs.ndim - 1))
-        x, _ = conjugate_gradient(lambda v: self.normal_complex(v) + inv_gamma * v, rhs + inv_gamma * zc, zc,
-                                  tol=self.tol if tol is None else tol,
-                                  max_iter=self.max_iter if max_iter is None else max_iter)
+        x = cg(lambda v: self.normal_complex(v) + inv_gamma * v, rhs + inv_gamma * zc, zc,
+               tol=self.tol if tol is None else tol, iters=self.max_iter if max_iter is None else max_iter)
         return torch.view_as_real(x).movedim(-1, 1)
 
 
@@ -506,8 +464,6 @@ def make_mri(img_size: int | tuple[int, ...] = 320, coils: int | torch.Tensor | 
     if mask is None:
         height, width = spatial[-2:]
         if mask_type == "poisson":
-            from .masks import poisson_disc_mask
-
             if not isinstance(seed, (int, np.integer)):
                 raise ValueError(f"Poisson-disc masks need an integer seed, got {seed!r}")
 
