@@ -11,8 +11,8 @@ for that view, so
 
 returns decoded samples in the physical units (and shape) of the image. The composed physics
 is nonlinear (the decoder is), so samplers that need only ``forward``/``residual`` (DPS, DAPS,
-FlowDPS) work on latents, and linear-only samplers raise ``TypeError`` (design: compose rather
-than copy a sampler loop, DESIGN.md).
+FlowDPS) work on latents, and linear-only samplers raise ``PhysicsError`` (a ``TypeError``): the
+latent variant composes the problem instead of copying a sampler loop.
 """
 
 from __future__ import annotations

@@ -3,55 +3,23 @@
 Paper: B. Zhang, W. Chu, J. Berner, C. Meng, A. Anandkumar, Y. Song, "Improving Diffusion
 Inverse Problem Solving with Decoupled Noise Annealing", CVPR 2025 (arXiv:2407.01521).
 Official code: https://github.com/zhangbingliang2019/DAPS (commit 098df6b; ``sampler.py::DAPS``,
-``cores/mcmc.py::MCMCSampler``, ``cores/scheduler.py::EDMScheduler`` and ``DiffusionPFODE``,
-``configs/sampler/edm_daps.yaml``, ``configs/task/*.yaml``).
+``cores/mcmc.py::MCMCSampler``, ``cores/scheduler.py``, ``configs/sampler/edm_daps.yaml``,
+``configs/task/*.yaml``). Its ``VPPrecond`` already works in invsolve's VE coordinates.
 
-Update rule (official code; its ``VPPrecond`` wrapper already works in invsolve's VE
-coordinates ``x = x0 + sigma * eps`` with ``D(x, sigma)``, so nothing is converted):
+Update rule, for the annealing levels sigma_0 > ... > sigma_{N-1} > sigma_N = 0 (``annealing_sigmas``):
 
-    sigma_0 > ... > sigma_{N-1}: the first N of N + 1 EDM poly-7 levels from sigma_max to
-    sigma_min, then sigma_N = 0;                 x ~ N(0, sigma_0^2 I)
-    for level i:
-      1) x0_hat = Euler PF-ODE  dx/ds = (x - D(x, s)) / s  from sigma_i down to ode_sigma_min
-         over ode_steps + 1 poly-7 levels (no gradient; the result is the ODE state at
-         ode_sigma_min, not a final denoising)
-      2) x0y = MCMC on  p(x0 | x_i, y)  ~  exp(-w ||y - A(x0)||^2 - ||x0 - x0_hat||^2 / (2 sigma_i^2)),
-         started at x0_hat, mc_steps steps of size eta_i = lr * (1 + i / (N + 1) * (lr_min_ratio - 1)),
-         score g(x) = -w grad ||y - A(x)||^2 + (x0_hat - x) / sigma_i^2:
-           "langevin":  x <- x + eta_i g(x) + sqrt(2 eta_i) xi
-           "hmc":       v ~ N(0, I) at the start of the level;
-                        v <- m v + sqrt(eta_i) g(x) + sqrt(2 (1 - m)) xi;  x <- x + sqrt(eta_i) v
-         a draw whose chain leaves the finite numbers returns zeros (official: "NaN -> zeros")
-      3) x_{i+1} = x0y + sigma_{i+1} xi                (decoupled re-noising; x_N = x0y)
+    x0_hat = Euler PF-ODE from sigma_i down to ode_sigma_min, ode_steps denoiser calls   (no gradient)
+    x0y    = mc_steps Langevin or damped-HMC steps on
+             p(x0 | x_i, y) ~ exp(-w ||y - A(x0)||^2 - ||x0 - x0_hat||^2 / (2 sigma_i^2)), from x0_hat,
+             step eta_i = lr (tau / 0.01)^2 / max(1, ||A||^2) (1 + i / (N + 1) (lr_min_ratio - 1))
+    x_{i+1} = x0y + sigma_{i+1} xi
 
-The data weight is ``w = 1 / tau^2`` on the squared norm with no 1/2, as in the official
-``score_fn`` (``operator.gradient`` of ``||A(x) - y||^2``). The official ``tau = 0.01`` is a
-likelihood temperature, independent of the true noise (sigma_y = 0.05 in its configs), in the
-units of ``y`` computed from images in [-1, 1], i.e. invsolve's model space: here
-``w = scale^2 / tau^2`` on invsolve's residual (physical units of y, ``problem.scale`` the
-physical -> model factor), which is the official weight for linear physics. ``tau=None`` (the
-default) uses the true likelihood instead, ``w = 1 / (2 sigma_y^2)``: then step 2 targets the
-exact conditional ``p(x0 | x_i, y)`` of the paper's derivation under its Gaussian
-``p(x0 | x_i)`` approximation; the per-task presets keep the official ``tau = 0.01``. The MCMC
-steps need only the physics: NFE = levels x ode_steps denoiser calls per sample.
-
-Step size. ``lr`` is the official step at the official temperature ``tau = 0.01``; at another
-temperature it is used as ``lr (tau / 0.01)^2``, which keeps the dimensionless data step
-``eta x 2 / tau^2`` (the chain's step times the curvature of the data term along a unit-norm
-direction of ``A``) at the official value: ``2 lr / 0.01^2 = 2`` for ``lr = 1e-4``. That is the
-Langevin stability limit ``eta L < 2`` for an operator with ``||A|| = 1`` (inpainting masks,
-normalised blur kernels; averaging down-samplers have ``||A|| < 1``), i.e. every official
-linear task. The data curvature is ``2 ||A||^2 / tau^2`` (model space; ``scale`` cancels), so for
-``||A|| > 1`` the official step is unstable (a random Gaussian matrix with ``||A||^2 = 2.9``
-diverges to 1e23; 8-view CT on 64x64 has ``||A||^2 ~ 500``). With ``normalize_lr=True``
-(default) invsolve therefore uses, for linear physics,
-
-    eta_i = lr (tau / 0.01)^2 / max(1, ||A||^2) x (1 + i / (N + 1) (lr_min_ratio - 1))
-
-with ``||A||^2`` (physical units) from a power iteration: exactly the official step whenever
-``||A|| <= 1``, and the official dimensionless step otherwise. The official code has no such
-normalisation; ``normalize_lr=False`` gives its rule unchanged (and nonlinear physics always
-uses it: no operator norm is estimated there).
+with ``w = scale^2 / tau^2`` on the residual in physical units (the official weight). Where invsolve
+differs (docs/samplers.md, DAPS): ``tau=None`` (default) uses the true likelihood
+``w = 1 / (2 sigma_y^2)``; the step is divided by ``max(1, ||A||^2)`` for linear physics
+(``normalize_lr``), the identity on every official task and what keeps the chain stable for
+``||A|| > 1`` (8-view CT has ``||A||^2 ~ 500``); a chain that leaves the finite numbers returns
+zeros per draw (official: for the whole batch).
 """
 
 from __future__ import annotations
@@ -172,10 +140,8 @@ class DAPS:
         # with the pixel grid and the official pixel Langevin settings of down_sampling.yaml;
         # the official repository runs pixel priors only as DAPS-1K.
         "fast": dict(_PIXEL, levels=50, ode_steps=2, lr=1e-4),
-        # invsolve's 8-view CT on ct-phantom64 (no official setting: DAPS has no CT task): the DAPS-100
-        # split with the official pixel_hmc super-resolution chain (down_sampling.yaml), step normalised
-        # by ||A||^2 ~ 496; chosen on training-distribution phantoms (seed 123) among 5 settings, 29.1 dB
-        # vs FBP 20.1 dB there (docs/samplers.md, DAPS section)
+        # invsolve's 8-view CT on ct-phantom64 (no official CT task): the DAPS-100 split with the official
+        # pixel_hmc super-resolution chain, chosen on training-distribution phantoms (docs/samplers.md)
         "ct-sparse8": dict(levels=50, ode_steps=2, tau=0.01, mc_algo="hmc", mc_steps=12, lr=1.04e-4,
                            lr_min_ratio=0.012, momentum=0.90),
     }

@@ -6,25 +6,18 @@ Official code: https://github.com/mengxiangming/dmps
 (``guided_diffusion/condition_methods.py::PosteriorSampling_meng``,
 ``guided_diffusion/gaussian_diffusion.py::p_sample_loop``, ``configs/*_config.yaml``).
 
-Update rule (official code, written in invsolve's VE coordinates; see docs/samplers.md):
+Update rule (VE coordinates, ``forward(x) = M x + c``):
 
     x0_hat   = clamp(D(x_i, sigma_i))                    (no gradient through D)
-    x'       = ancestral step sigma_i -> sigma_{i+1}     (DDPM posterior q(x_{i+1} | x_i, x0_hat))
+    x'       = ancestral step sigma_i -> sigma_{i+1}
     x_{i+1}  = x' + scale (sigma_i^2 - sigma_{i+1}^2) M^T (sigma_y^2 I + sigma_i^2 M M^T)^-1 (y - forward(f_i x'))
 
-with ``forward(x) = M x + c`` the physics in model space. The last term is the
-pseudo-likelihood score of the uninformative-prior approximation ``p(x0 | x_i) ~ N(x_i, sigma_i^2 I)``,
-for which ``p(y | x_i) = N(y; forward(x_i), sigma_y^2 I + sigma_i^2 M M^T)``. The official
-code evaluates it at the fresh unconditional sample ``x'`` (VP state at ``t - 1``) divided by
-``sqrt(abar_t)`` of the current level, which is ``f_i x'`` with
-``f_i = sqrt((1 + sigma_i^2) / (1 + sigma_{i+1}^2))`` in VE coordinates (the factor comes with the
-official indexing; it is 1 + O(beta_t) on the 1000-step grid), and multiplies the score by
-``beta_t / sqrt(alpha_t) / sqrt(abar_t)``, which is ``sigma_i^2 - sigma_{i+1}^2`` once the update
-is carried to the VE state: no step size is left to convert. It runs the same update after
-the last step (``sigma_{i+1} = 0``). The official code inverts
-``sigma_y^2 I + sigma_i^2 A A^T`` through the SVD of ``A`` (DDRM ``H_funcs``); here
-``linalg.LinearPart`` is exact for decomposable and small physics and uses conjugate gradients
-otherwise.
+the pseudo-likelihood score of the uninformative approximation ``p(x0 | x_i) ~ N(x_i, sigma_i^2 I)``,
+evaluated at ``f_i x'`` with ``f_i = sqrt((1 + sigma_i^2) / (1 + sigma_{i+1}^2))`` as the official
+VP indexing does; the official ``beta_t / sqrt(alpha_t) / sqrt(abar_t)`` is ``sigma_i^2 - sigma_{i+1}^2``
+in VE coordinates. The official code inverts through the SVD of ``A``; ``toolkit.LinearPart`` is
+exact for decomposable and small physics and uses conjugate gradients otherwise. Derivation:
+docs/samplers.md, DMPS.
 """
 
 from __future__ import annotations

@@ -5,47 +5,19 @@ Problems", ICCV 2025 (arXiv:2503.08136).
 Official code: https://github.com/FlowDPS-Inverse/FlowDPS (``sd3_sampler.py::SD3FlowDPS``,
 ``solve.py``; commit 8361843).
 
-Update rule (official code, in flow time ``t`` with ``z_t = (1 - t) x0 + t eps``; invsolve's
-VE state is ``x = z / (1 - t)`` at ``sigma = t / (1 - t)``, and ``D(x, sigma)`` is the
-flow-Tweedie clean estimate ``z - t v``):
+Update rule, in flow time ``t`` with ``z_t = (1 - t) x0 + t eps`` (the VE state is
+``x = z / (1 - t)`` at ``sigma = t / (1 - t)``), on SD3's shifted time grid (``shifted_times``):
 
-    x0_hat = D(z_i / (1 - t_i), t_i / (1 - t_i))            clean estimate   (official z0t)
-    eps_hat = (z_i - (1 - t_i) x0_hat) / t_i                 noise estimate   (official z1t)
-    x0y = x0_hat;  K times:  x0y <- x0y - s * grad_x0y L(x0y)              data consistency
-        L = ||y - A(x)||  ("residual"),  ||A^T y - A^T A x||  ("adjoint", official deblur),
-            ||A^+ y - A^+ A x||  ("pinv", official super-resolution); non-squared norms
-    x0y <- (1 - t_i) x0_hat + t_i x0y                        blend
-    n = sqrt(t_{i+1}) eps_hat + sqrt(1 - t_{i+1}) xi,  xi ~ N(0, I)        stochastic noise
-    z_{i+1} = (1 - t_{i+1}) x0y + t_{i+1} n                  (= x0y at the last step, t = 0)
+    x0_hat  = D(z_i / (1 - t_i), t_i / (1 - t_i));   eps_hat = (z_i - (1 - t_i) x0_hat) / t_i
+    x0y     = x0_hat, then dc_iters steps  x0y <- x0y - s grad ||B (y - A(x0y))||
+              (B = I "residual", A^T "adjoint", A^+ "pinv"; non-squared norms)
+    x0y     = (1 - t_i) x0_hat + t_i x0y
+    z_{i+1} = (1 - t_{i+1}) x0y + t_{i+1} (sqrt(t_{i+1}) eps_hat + sqrt(1 - t_{i+1}) xi)
 
-The time grid is SD3's: ``u`` evenly spaced from 1 to 0.002994 (``FlowMatchEulerDiscreteScheduler``
-with the model's shift 3 at construction), then shifted by ``shift`` (FlowDPS sets 4.0):
-``t = shift u / (1 + (shift - 1) u)``, 28 steps. invsolve starts the grid at the prior's largest
-level ``t_max = sigma_max / (1 + sigma_max)`` instead of ``t = 1`` (pure noise, an infinite VE
-sigma) and never goes below the prior's ``sigma_min``.
-
-Where invsolve differs from the official code (see docs/samplers.md):
-
-- None in the step size: with a non-squared norm a gradient step is a displacement of length
-  about ``s`` times the operator's gain, in the units of the estimate; SD3 latents (scaled by the
-  VAE's ``scaling_factor``) and invsolve's model spaces both have unit-order coordinates, so the
-  official ``s = 15`` is used as is (no VP/VE conversion applies: the DC step acts on the clean
-  estimate, not on the noisy state).
-- The official norm is taken over the whole batch (batch size 1 in ``solve.py``); here every
-  posterior sample gets the gradient of its own norm, so batched draws are independent.
-- The measurement noise ``sigma_y`` does not enter the update (officially it does not either;
-  ``solve.py`` hard-codes ``sigma_y = 0.03`` on [-1, 1] images and never passes it on).
-- The default loss is the plain residual norm: the official code picks the loss by task name
-  (``A^+`` for super-resolution, ``A^T`` for everything else), which needs linear physics; the
-  residual is defined for every physics (nonlinear, latent) and meets the exactness bound on both
-  test problems, where ``"adjoint"`` does not on the Gaussian-matrix one (ratio 0.54 at 28 NFE:
-  ``A^T`` weights the residual by the squared singular values). The presets "sr12" and "deblur"
-  select the official losses.
-- The maintainers' advice for inpainting (FlowDPS issue #2: replace the DC step by the projection
-  ``(1 - mask) x0_hat + mask y``) is not in the released code and not applied here.
-- The norms are taken in the physical units of ``y`` (and of the image for "adjoint"/"pinv"),
-  as in invsolve's DPS; the official code works on [-1, 1] images. For a prior whose model space
-  is [-1, 1] for [0, 1] data the loss, and so each DC displacement, is half the official one.
+Where invsolve differs (docs/samplers.md, FlowDPS): the grid starts at the prior's largest level,
+not t = 1; each posterior sample gets the gradient of its own norm; the default loss is the plain
+residual (defined for every physics; the official code picks ``A^T`` or ``A^+`` by task, the
+presets ``deblur`` and ``sr12``); norms are in the physical units of ``y``.
 """
 
 from __future__ import annotations
@@ -138,10 +110,8 @@ class FlowDPS:
         # SR x12 (avg-pool or bicubic) uses the pseudo-inverse loss, deblurring the adjoint loss
         "sr12": dict(steps=28, step_size=15.0, dc_iters=3, loss="pinv", shift=4.0),
         "deblur": dict(steps=28, step_size=15.0, dc_iters=3, loss="adjoint", shift=4.0),
-        # invsolve's 8-view CT on ct-phantom64, sigma_y = 0.1 (no official CT setting): chosen on
-        # 2 training-distribution phantoms (seed 123) x 2 draws, PSNR of the mean at 200 steps
-        # 23.6 / 24.3 / 26.1 / 26.4 / 25.9 / 22.2 / 17.9 dB for step_size 0.5 / 1 / 2 / 3 / 5 / 15 / 50
-        # (FBP 20.1 dB on the same phantoms); CT's large gain makes the official 15 too strong
+        # invsolve's 8-view CT on ct-phantom64 (no official CT setting): chosen on training-distribution
+        # phantoms; CT's large gain makes the official 15 too strong (docs/samplers.md)
         "ct-sparse8": dict(steps=200, step_size=3.0, loss="residual"),
     }
 

@@ -3,31 +3,23 @@
 Paper: H. Chung, B. Sim, D. Ryu, J. C. Ye, "Improving Diffusion Models for Inverse Problems
 using Manifold Constraints", NeurIPS 2022.
 Official code: https://github.com/HJ-harry/MCG_diffusion
-(inpainting: ``guided_diffusion/gaussian_diffusion.py::p_sample_loop_progressive``, run by
+(inpainting: ``guided_diffusion/gaussian_diffusion.py::p_sample_loop_progressive``,
 ``run_inpainting.sh``; sparse-view CT: ``controllable_generation.py::get_pc_radon_MCG``).
 
-Update rule (the official inpainting rule, written in invsolve's VE coordinates for any
-linear physics ``forward(x) = M x + c``; see docs/samplers.md):
+Update rule (the official inpainting rule in VE coordinates, for any linear physics
+``forward(x) = M x + c``):
 
-    x0_hat   = clamp(D(x_i, sigma_i))                             (clip_denoised, as the official p_sample)
-    g        = alpha_i * grad_{x_i} ||y - forward(x0_hat)||         (non-squared norm, no 1/||r|| [MCG#15])
-    x'       = ancestral step sigma_i -> sigma_{i+1} from x0_hat    (DDPM posterior q(x_{i+1} | x_i, x0_hat))
-    y_i      = c + s_i (y - c + sigma_i M z),  z ~ N(0, I)          (q_sample(y, t) at the CURRENT level t)
-    x_{i+1}  = (x' - g) + M^+ (y_i - forward(x' - g))               (projection onto {forward(x) = y_i})
+    x0_hat   = clamp(D(x_i, sigma_i))
+    g        = alpha_i grad_{x_i} ||y - forward(x0_hat)||             (non-squared norm, no 1/||r||)
+    x'       = ancestral step sigma_i -> sigma_{i+1} from x0_hat
+    y_i      = c + s_i (y - c + sigma_i M z),  z ~ N(0, I)              (q_sample(y, t) at the current level)
+    x_{i+1}  = (x' - g) + M^+ (y_i - forward(x' - g))                   (projection onto {forward(x) = y_i})
 
-For a mask ``M = P`` the last line is the official
-``x'(1 - P) - g(1 - P) + q_sample(y, t) P``: the projection replaces the observed part of
-``x' - g`` (so restricting ``g`` to the unobserved pixels, as the official code does, changes
-nothing) and ``M z`` is the official i.i.d. noise on the observed pixels; for other ``M`` the
-pseudo-inverse projection is the paper's projection onto the measurement set and ``M z`` the
-noise that a level-``sigma_i`` state carries in the measurement. The VP -> VE conversion (as
-DPS's ``vp_scaling``): ``alpha_i = alpha * scale * sqrt((1 + sigma_i^2)(1 + sigma_{i+1}^2))``
-(the official weight acts on VP states of [-1, 1] images, invsolve's residual is in physical
-units) and ``s_i = sqrt((1 + sigma_{i+1}^2) / (1 + sigma_i^2))`` (the official code writes
-``sqrt(abar_t) y + sqrt(1 - abar_t) z`` into the state at level ``t - 1``). ``y`` is used as
-measured: the official code does the same with noisy measurements (the MCG baseline of the DPS
-repository projects onto ``q_sample(y_noisy, t)``), so for ``sigma_y > 0`` the samples fit the
-noise of ``y`` (``noise_aware=True`` is an opt-in invsolve relaxation).
+with ``alpha_i = alpha scale sqrt((1 + sigma_i^2)(1 + sigma_{i+1}^2))`` and
+``s_i = sqrt((1 + sigma_{i+1}^2) / (1 + sigma_i^2))`` (the VP -> VE conversion). For a mask this
+is the official ``x'(1 - P) - g(1 - P) + q_sample(y, t) P``. ``noise_aware=True`` (an invsolve
+option) replaces the hard projection by a proximal step that stops fitting the noise of ``y``.
+Derivation and differences: docs/samplers.md, MCG.
 """
 
 from __future__ import annotations
@@ -78,17 +70,12 @@ class MCG:
     PRESETS = {
         # official MCG inpainting (run_inpainting.sh; gaussian_diffusion.py): 1000 DDPM steps, alpha 1
         "inpainting": dict(steps=1000, alpha=1.0),
-        # invsolve's 8-view CT on ct-phantom64 (the official CT variant is a 2000-step VE
-        # predictor-corrector with SIRT steps, too costly here); chosen by a short tune on
-        # training-distribution phantoms (seed 123): alpha 0.3 29.3 dB vs FBP 20.1 dB (alpha 1: 22.5,
-        # cg_iters 5: 22.7, noise_aware 21.3); the official CT variant, too, weights its MCG term 0.1.
-        # See docs/samplers.md
+        # invsolve's 8-view CT on ct-phantom64 (the official CT variant, a 2000-step VE predictor-corrector,
+        # is too costly here): chosen on training-distribution phantoms (docs/samplers.md)
         "ct-sparse8": dict(steps=200, alpha=0.3, schedule="karras", cg_iters=10),
-        # invsolve's deblur-gauss61 at sigma_y 0.025 (MCG's paper has no deblurring): the hard
-        # projection through the 61x61 blur's pseudo-inverse amplifies the noise of y (9.5 dB on the
-        # held-out phantoms); tune on training-distribution phantoms (seed 123,
-        # benchmarks/phantom/tune_presets.py --task deblur): noise_aware 22.63 dB (alpha 0.3: 22.63),
-        # hard projection with cg_iters 5: 20.61, pseudo-inverse 15.23. See docs/samplers.md
+        # invsolve's deblur-gauss61 (MCG's paper has no deblurring): the hard projection through the blur's
+        # pseudo-inverse amplifies the noise of y; chosen on training-distribution phantoms
+        # (benchmarks/phantom/tune_presets.py --task deblur; docs/samplers.md)
         "deblur": dict(steps=200, schedule="karras", noise_aware=True),
     }
 

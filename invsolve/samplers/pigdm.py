@@ -2,37 +2,21 @@
 
 Paper: J. Song, A. Vahdat, M. Mardani, J. Kautz, "Pseudoinverse-Guided Diffusion Models for
 Inverse Problems", ICLR 2023 (Algorithm 1; noisy measurements: Section 3.2).
-Reference code: the authors' implementation in https://github.com/NVlabs/RED-diff (commit
-66482f2: ``algos/pgdm.py``, ``algos/ddim.py``, ``_configs/algo/pgdm.yaml``,
-``utils/functions.py::get_timesteps``, ``sample_test.sh``, ``sample_batch.sh``).
+Reference code: https://github.com/NVlabs/RED-diff (commit 66482f2: ``algos/pgdm.py``,
+``algos/ddim.py``, ``_configs/algo/pgdm.yaml``, ``sample_test.sh``).
 
-Update rule (reference code, written in invsolve's VE coordinates; see docs/samplers.md):
+Update rule (VE coordinates, ``forward(x) = M x + c``, ``r_i^2 = sigma_i^2 / (1 + sigma_i^2)``):
 
-    x        = M^+ (y - c) + sigma_0 z                                    (init="pinv")
-    for each level sigma_i > sigma_{i+1} (the last one 0):
-        x0_hat   = D(x_i, sigma_i)
-        v        = r_i^2 M^T (r_i^2 M M^T + sigma_y^2 I)^-1 (y - forward(x0_hat))      (held fixed)
-        g        = grad_{x_i} <v, x0_hat>                   (one vector-Jacobian product through D)
-        x_{i+1}  = x0_hat + w_i g + c2 (x_i - x0_hat) / sigma_i + c1 z                  (DDIM, eta)
+    x        = M^+ (y - c) + sigma_0 z                                          (init="pinv")
+    x0_hat   = D(x_i, sigma_i)
+    v        = r_i^2 M^T (r_i^2 M M^T + sigma_y^2 I)^-1 (y - forward(x0_hat))    (held fixed)
+    g        = grad_{x_i} <v, x0_hat>                          (one vector-Jacobian product through D)
+    x_{i+1}  = DDIM step (eta) towards x0_hat + w_i g along (x_i - x0_hat) / sigma_i
 
-``forward(x) = M x + c`` is the model-space physics (``M = A / scale``, ``M^T =
-problem.adjoint``), ``r_i^2 = sigma_i^2 / (1 + sigma_i^2)`` the paper's variance of
-p(x0 | x_i) for data of unit variance, ``c1 = eta sigma_{i+1} sqrt(1 - sigma_{i+1}^2 /
-sigma_i^2)`` and ``c2 = sqrt(sigma_{i+1}^2 - c1^2)`` (the reference DDIM coefficients divided
-by ``sqrt(abar_s)``), and the noise direction is the unconditional ``(x_i - x0_hat) / sigma_i``
-(reference ``awd=True``). For ``sigma_y = 0``, ``v`` is the reference's
-``H^+ y - H^+ H x0_hat``; for ``sigma_y > 0`` it is ``r_i^2`` times the paper's
-``M^T (r_i^2 M M^T + sigma_y^2 I)^-1 (y - forward(x0_hat))``, so ``g / r_i^2`` is ΠGDM's
-estimate of ``grad log p(y | x_i)`` (the reference code has no noisy branch).
-
-Weighting ``w_i``: the reference adds ``sqrt(abar_s) sqrt(abar_t) w grad_{x_vp}`` to the VP
-state; with ``x_vp = sqrt(abar) x`` this is ``x0_hat + w g`` in VE coordinates
-(``weighting="reference"``, ``w_i = w``). ``weighting="score"`` uses the paper's likelihood
-score at full strength in the Tweedie update, ``x0_hat + sigma_i^2 (g / r_i^2)``, i.e.
-``w_i = w (1 + sigma_i^2)``.
-
-Solves with ``M`` go through ``linalg.LinearPart`` (exact for decomposable physics and small
-dense problems, ``cg_iters`` conjugate-gradient steps otherwise), set up once per run.
+``w_i = w`` reproduces the reference code (``weighting="reference"``); ``"score"`` uses the paper's
+likelihood score at full strength, ``w_i = w (1 + sigma_i^2)``. For ``sigma_y = 0`` ``v`` is the
+reference's ``H^+ y - H^+ H x0_hat``; the reference has no noisy branch. Solves with ``M`` go
+through ``toolkit.LinearPart``. Derivation: docs/samplers.md, ΠGDM.
 """
 
 from __future__ import annotations
