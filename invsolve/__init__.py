@@ -1,10 +1,10 @@
 """invsolve: posterior sampling for inverse problems in scientific and medical imaging."""
 
-from . import priors, samplers
+from . import errors, priors, samplers
 from .priors import GaussianMixture, Prior, load_prior
 from .problem import Problem
 from .samplers import Posterior, sample
 
 __version__ = "0.1.0"
 
-__all__ = ["GaussianMixture", "Posterior", "Prior", "Problem", "load_prior", "priors", "sample", "samplers"]
+__all__ = ["GaussianMixture", "Posterior", "Prior", "Problem", "errors", "load_prior", "priors", "sample", "samplers"]
