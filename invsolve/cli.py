@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+
+from .errors import ConfigError, InvsolveError
+
+# what a bad input raises: invsolve's own family, the file errors, and the built-ins that library
+# code (and Python itself, for a bad keyword) still raises for an argument it cannot use
+USER_ERRORS = (InvsolveError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
+               PermissionError, ValueError, TypeError, KeyError, ImportError)
 
 
 def _demo(args) -> int:
@@ -65,7 +73,7 @@ def _evaluate(args) -> int:
 
         torch.set_num_threads(args.threads)
     if args.write_card and args.data and not args.tune_data:
-        raise ValueError("--write-card with --data needs --tune-data too (scans disjoint from the evaluated ones), "
+        raise ConfigError("--write-card with --data needs --tune-data too (scans disjoint from the evaluated ones), "
                          "so the recorded figure does not depend on a half split")
     prior = load_prior(args.prior)
     if args.data:
@@ -151,26 +159,60 @@ def _info(args) -> int:
                                                        f"{card.metadata.get('sha256', 'not recorded')}")))
         return 0
     if args.prior is None and args.repo_id is None:
-        print("invsolve info: error: give a prior name, folder or checkpoint file, or --repo-id with --download",
-              file=sys.stderr)
-        return 2
+        raise ConfigError("give a prior name, folder or checkpoint file, or --repo-id with --download")
     options = dict(args.option or ())
-    try:
-        prior = load_prior(args.prior, format=args.format, sha256=args.sha256, download=args.download,
-                           repo_id=args.repo_id, filename=args.filename, revision=args.revision, **options)
-    except TypeError as err:  # an --option the format does not take
-        print(f"invsolve info: error: {err}", file=sys.stderr)
-        return 2
+    prior = load_prior(args.prior, format=args.format, sha256=args.sha256, download=args.download,
+                       repo_id=args.repo_id, filename=args.filename, revision=args.revision, **options)
     parameters = sum(p.numel() for p in prior.parameters()) if hasattr(prior, "parameters") else "?"
     print("\n".join(_card_lines(prior.card, str(args.prior or args.repo_id), f"{parameters} parameters loaded")))
     return 0
+
+
+def bounded(kind=int, low=None, high=None, *, low_open: bool = False, high_open: bool = False):
+    """An argparse ``type=``: parse an int or a finite float and check ``low <= value <= high``
+    (``<`` with ``low_open`` / ``high_open``); argparse names the flag in the error."""
+    if low is not None and high is not None:
+        rule = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        rule = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        rule = f"{'<' if high_open else '<='} {high:g}" if high is not None else ""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if (low is not None and (value <= low if low_open else value < low)) or \
+                (high is not None and (value >= high if high_open else value > high)):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+    return parse
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The ``invsolve`` parser and its subcommands' (argparse makes subparsers of the same class):
+    every one takes ``--debug``, and a usage error is one line on stderr, exit status 2."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # SUPPRESS: a subcommand that is not given --debug leaves the top-level value alone
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="show the full traceback of an error instead of one line")
+
+    def error(self, message):
+        self.exit(2, f"invsolve: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DemoConfig
     from .priors.training import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="invsolve", description="Posterior sampling for imaging inverse problems.")
+    parser = CommandParser(prog="invsolve", description="Posterior sampling for imaging inverse problems. A bad "
+                           "input prints one line and exits with status 2 (--debug: the traceback); Ctrl-C exits with 130.")
+    parser.set_defaults(debug=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = DemoConfig()
@@ -178,13 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default=d.out, help="output folder (default: %(default)s)")
     demo.add_argument("--force", action="store_true", help="replace the output folder if it exists")
     demo.add_argument("--prior", default=d.prior, help="prior name or folder (default: %(default)s)")
-    demo.add_argument("--phantoms", type=int, default=d.phantoms, help="held-out phantoms (default: %(default)s)")
-    demo.add_argument("--views", type=int, default=d.views, help="CT views (default: %(default)s)")
-    demo.add_argument("--sigma-y", type=float, default=d.sigma_y, help="noise std in sinogram units (default: %(default)s)")
-    demo.add_argument("--samples", type=int, default=d.samples, help="posterior samples per scan (default: %(default)s)")
-    demo.add_argument("--steps", type=int, default=None, help="DPS steps (default: the ct-sparse8 preset)")
-    demo.add_argument("--zeta", type=float, default=None, help="DPS step size (default: the ct-sparse8 preset)")
-    demo.add_argument("--tv-lambda", type=float, default=d.tv_lambda, help="TV weight (default: %(default)s)")
+    demo.add_argument("--phantoms", type=bounded(int, 1), default=d.phantoms, help="held-out phantoms (default: %(default)s)")
+    demo.add_argument("--views", type=bounded(int, 1), default=d.views, help="CT views (default: %(default)s)")
+    demo.add_argument("--sigma-y", type=bounded(float, 0), default=d.sigma_y, help="noise std in sinogram units (default: %(default)s)")
+    demo.add_argument("--samples", type=bounded(int, 1), default=d.samples, help="posterior samples per scan (default: %(default)s)")
+    demo.add_argument("--steps", type=bounded(int, 1), default=None, help="DPS steps (default: the ct-sparse8 preset)")
+    demo.add_argument("--zeta", type=bounded(float, 0, low_open=True), default=None, help="DPS step size (default: the ct-sparse8 preset)")
+    demo.add_argument("--tv-lambda", type=bounded(float, 0), default=d.tv_lambda, help="TV weight (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=d.seed, help="seed of the noise and the sampler (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)
@@ -204,38 +246,38 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fastMRI: RSS magnitude (1 channel) or complex images (2 channels) (default: %(default)s)")
     train.add_argument("--slice-axis", choices=["axial", "coronal", "sagittal"], default=t.slice_axis,
                        help="NIfTI slicing axis after reorientation to RAS (default: %(default)s)")
-    train.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"), default=t.window,
+    train.add_argument("--window", type=bounded(float), nargs=2, metavar=("LO", "HI"), default=t.window,
                        help="fixed intensity window mapped to [0, 1] (e.g. CT HU -1000 1000); default: per-volume percentiles")
-    train.add_argument("--percentiles", type=float, nargs=2, metavar=("LO", "HI"), default=list(t.percentiles),
+    train.add_argument("--percentiles", type=bounded(float, 0, 100), nargs=2, metavar=("LO", "HI"), default=list(t.percentiles),
                        help="per-volume percentiles mapped to [0, 1] (default: %(default)s)")
-    train.add_argument("--min-foreground", type=float, default=t.min_foreground,
+    train.add_argument("--min-foreground", type=bounded(float, 0, 1), default=t.min_foreground,
                        help="drop slices with a smaller fraction of pixels above 0.05 (default: %(default)s)")
     train.add_argument("--augment", nargs="*", default=list(t.augment),
                        choices=["flip", "vflip", "rotate", "scale", "gamma", "intensity"],
                        help="augmentations drawn from the run's generator (default: none)")
-    train.add_argument("--val-fraction", type=float, default=t.val_fraction,
+    train.add_argument("--val-fraction", type=bounded(float, 0, 1, high_open=True), default=t.val_fraction,
                        help="fraction of files (volumes, DICOM series) held out for validation (default: %(default)s)")
-    train.add_argument("--val-every", type=int, default=t.val_every,
+    train.add_argument("--val-every", type=bounded(int, 0), default=t.val_every,
                        help="steps between validation PSNR measurements, 0 for none (default: %(default)s)")
-    train.add_argument("--val-images", type=int, default=t.val_images, help="validation slices used (default: %(default)s)")
-    train.add_argument("--val-sigmas", type=float, nargs="+", default=list(t.val_sigmas),
+    train.add_argument("--val-images", type=bounded(int, 1), default=t.val_images, help="validation slices used (default: %(default)s)")
+    train.add_argument("--val-sigmas", type=bounded(float, 0, low_open=True), nargs="+", default=list(t.val_sigmas),
                        help="noise levels of the validation PSNR, physical units (default: %(default)s)")
     train.add_argument("--no-evaluate", action="store_true",
                        help="skip the final held-out evaluation against TV at sigma 0.1 (recorded in the card)")
-    train.add_argument("--size", type=int, default=t.size)
-    train.add_argument("--channels", type=int, nargs="+", default=list(t.channels))
-    train.add_argument("--attention", type=int, nargs="*", default=list(t.attention))
-    train.add_argument("--batch", type=int, default=t.batch)
-    train.add_argument("--steps", type=int, default=t.steps)
-    train.add_argument("--lr", type=float, default=t.lr)
-    train.add_argument("--warmup", type=int, default=t.warmup, help="linear learning-rate warm-up steps (default: %(default)s)")
-    train.add_argument("--ema-decay", type=float, default=t.ema_decay)
+    train.add_argument("--size", type=bounded(int, 1), default=t.size)
+    train.add_argument("--channels", type=bounded(int, 1), nargs="+", default=list(t.channels))
+    train.add_argument("--attention", type=bounded(int, 1), nargs="*", default=list(t.attention))
+    train.add_argument("--batch", type=bounded(int, 1), default=t.batch)
+    train.add_argument("--steps", type=bounded(int, 1), default=t.steps)
+    train.add_argument("--lr", type=bounded(float, 0, low_open=True), default=t.lr)
+    train.add_argument("--warmup", type=bounded(int, 0), default=t.warmup, help="linear learning-rate warm-up steps (default: %(default)s)")
+    train.add_argument("--ema-decay", type=bounded(float, 0, 1, high_open=True), default=t.ema_decay)
     train.add_argument("--seed", type=int, default=t.seed)
-    train.add_argument("--checkpoint-every", type=int, default=t.checkpoint_every)
-    train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    train.add_argument("--checkpoint-every", type=bounded(int, 1), default=t.checkpoint_every)
+    train.add_argument("--threads", type=bounded(int, 1), default=None, help="torch CPU threads")
     train.add_argument("--run-dir", default=None, help="checkpoint folder (default: runs/NAME)")
     train.add_argument("--out", default=None, help="where weights and card go (default: the run folder)")
-    train.add_argument("--max-seconds", type=float, default=None, help="stop (resumably) after this long")
+    train.add_argument("--max-seconds", type=bounded(float, 0, low_open=True), default=None, help="stop (resumably) after this long")
     train.add_argument("--quiet", action="store_true")
     train.set_defaults(func=_train)
 
@@ -266,11 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "prior's built-in held-out data (ellipses, mni152, or its validation files)")
     ev.add_argument("--tune-data", default=None,
                     help="scans that tune TV's weight (default with --data: half of --data's files, split by file)")
-    ev.add_argument("--sigma", type=float, default=0.1, help="noise std in physical units (default: %(default)s)")
-    ev.add_argument("--images", type=int, default=32, help="evaluation images at most (default: %(default)s)")
-    ev.add_argument("--tune", type=int, default=8, help="TV tuning images (default: %(default)s)")
+    ev.add_argument("--sigma", type=bounded(float, 0, low_open=True), default=0.1, help="noise std in physical units (default: %(default)s)")
+    ev.add_argument("--images", type=bounded(int, 1), default=32, help="evaluation images at most (default: %(default)s)")
+    ev.add_argument("--tune", type=bounded(int, 1), default=8, help="TV tuning images (default: %(default)s)")
     ev.add_argument("--seed", type=int, default=0, help="noise seed (default: %(default)s)")
-    ev.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ev.add_argument("--threads", type=bounded(int, 1), default=None, help="torch CPU threads")
     ev.add_argument("--write-card", action="store_true",
                     help="record the result in the prior's card.json (metadata.evaluation); weights untouched")
     ev.add_argument("--json", action="store_true", help="also print the full result as JSON")
@@ -282,12 +324,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_message(err: BaseException) -> str:
+    """One line for ``err``: KeyError's quotes dropped, lines joined, the type named when the text alone is bare."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and len(err.args) == 1 else str(err)
+    text = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    if " " not in text and not isinstance(err, InvsolveError):
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run ``invsolve``; returns the exit status: 0, 2 for a bad input (one line on stderr), 130 for Ctrl-C."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a usage error, already printed as one line (2)
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
     try:
         return args.func(args)
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"invsolve {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("invsolve: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"invsolve: error: {error_message(err)}", file=sys.stderr)
         return 2
 
 

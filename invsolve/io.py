@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 
+from .errors import DataError
+
 def _atomic(path: Path, write) -> Path:
     """Call ``write(tmp_path)`` then move the result onto ``path`` in one step."""
     path = Path(path)
@@ -36,7 +38,7 @@ def save_nifti(array, path: str | Path, affine: np.ndarray | None = None, spacin
     data = array.detach().cpu().numpy() if torch.is_tensor(array) else np.asarray(array)
     data = np.squeeze(data)
     if data.ndim not in (2, 3):
-        raise ValueError(f"save_nifti takes a 2D image or 3D volume, got shape {data.shape}")
+        raise DataError(f"save_nifti takes a 2D image or 3D volume, got shape {data.shape}")
     data = np.ascontiguousarray(data.T.astype(np.float32))  # (z, y, x) -> (x, y, z)
     if affine is None:
         affine = np.diag(list(spacing or (1.0,) * 3)[:3] + [1.0]) if data.ndim == 3 else np.diag(list(spacing or (1.0, 1.0))[:2] + [1.0, 1.0])

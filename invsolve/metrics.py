@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 import torch
+from .errors import DataError
 
 
 def _numpy(x) -> np.ndarray:
@@ -21,7 +22,7 @@ def psnr(target, estimate, data_range: float | None = None) -> float:
     """``10 log10(data_range^2 / MSE)``; ``data_range`` defaults to ``target.max()`` (fastMRI)."""
     t, e = _numpy(target), _numpy(estimate)
     if t.shape != e.shape:
-        raise ValueError(f"shapes differ: target {t.shape} vs estimate {e.shape}")
+        raise DataError(f"shapes differ: target {t.shape} vs estimate {e.shape}")
     rng = float(t.max()) if data_range is None else float(data_range)
     mse = float(np.mean((t - e) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(rng ** 2 / mse)
@@ -39,7 +40,7 @@ def ssim(target, estimate, data_range: float | None = None) -> float:
 
     t, e = _numpy(target), _numpy(estimate)
     if t.shape != e.shape:
-        raise ValueError(f"shapes differ: target {t.shape} vs estimate {e.shape}")
+        raise DataError(f"shapes differ: target {t.shape} vs estimate {e.shape}")
     rng = float(t.max()) if data_range is None else float(data_range)
     t2, e2 = t.reshape(-1, *t.shape[-2:]), e.reshape(-1, *e.shape[-2:])
     return float(np.mean([structural_similarity(a, b, data_range=rng) for a, b in zip(t2, e2)]))
@@ -55,7 +56,7 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_projections: int = 25
     a = a.reshape(a.shape[0], -1).double()
     b = b.reshape(b.shape[0], -1).double()
     if a.shape != b.shape:
-        raise ValueError(f"sample sets must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise DataError(f"sample sets must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     u = torch.randn(a.shape[1], n_projections, generator=generator, dtype=torch.float64)
     u = u / u.norm(dim=0, keepdim=True)
     pa, _ = torch.sort(a @ u, dim=0)

@@ -14,6 +14,8 @@ from deepinv.physics import Physics
 
 ENTRY_POINT_GROUP = "invsolve.operators"
 
+from .errors import ConfigError, UnknownNameError, UnknownOptionError
+
 _REGISTRY: dict[str, Callable[..., Physics]] = {}
 _DOCS: dict[str, str] = {}
 
@@ -21,7 +23,7 @@ _DOCS: dict[str, str] = {}
 def register(name: str, factory: Callable[..., Physics], doc: str = "", overwrite: bool = False) -> None:
     """Register ``factory(**params) -> Physics`` under ``name``."""
     if name in _REGISTRY and not overwrite:
-        raise ValueError(f"operator {name!r} is already registered; pass overwrite=True to replace it")
+        raise ConfigError(f"operator {name!r} is already registered; pass overwrite=True to replace it")
     _REGISTRY[name] = factory
     _DOCS[name] = doc or (factory.__doc__ or "").strip().split("\n")[0]
 
@@ -50,7 +52,7 @@ def make(name: str, **params) -> Physics:
     """Build the operator or preset ``name`` with ``params`` (see ``docs/operators.md``)."""
     _load_entry_points()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown operator {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+        raise UnknownNameError(f"unknown operator {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**params)
 
 
@@ -60,7 +62,7 @@ def _builder(module: str, function: str, **fixed) -> Callable[..., Physics]:
     def factory(**params):
         clash = sorted(set(fixed) & set(params))
         if clash:
-            raise TypeError(f"this preset fixes {clash}; use the base operator to choose them")
+            raise UnknownOptionError(f"this preset fixes {clash}; use the base operator to choose them")
         from importlib import import_module
 
         return getattr(import_module(f".{module}", __name__), function)(**params, **fixed)

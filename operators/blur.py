@@ -25,6 +25,7 @@ import math
 import numpy as np
 import torch
 from deepinv.physics import Blur
+from .errors import ConfigError, DataError
 
 
 class KernelBlur(Blur):
@@ -34,16 +35,16 @@ class KernelBlur(Blur):
 
     def _convolve(self, table, x):
         if x.dim() - 2 not in table:
-            raise ValueError(f"blur expects (B, C, H, W) or (B, C, D, H, W) tensors, got shape {tuple(x.shape)}")
+            raise DataError(f"blur expects (B, C, H, W) or (B, C, D, H, W) tensors, got shape {tuple(x.shape)}")
         if x.dim() != self.filter.dim():
-            raise ValueError(f"this blur has a {self.filter.dim() - 2}D kernel but got a {x.dim() - 2}D input; "
-                             "build it with the matching dims=")
+            raise DataError(f"this blur has a {self.filter.dim() - 2}D kernel but got a {x.dim() - 2}D input; "
+                            "build it with the matching dims=")
         if self.padding == "reflect":
             for n, k in zip(x.shape[2:], self.filter.shape[2:]):
                 if n <= k // 2:
-                    raise ValueError(f"reflect padding needs every axis longer than half the kernel "
-                                     f"(kernel {tuple(self.filter.shape[2:])}, input {tuple(x.shape[2:])}); "
-                                     "use a larger input, a smaller kernel_size or padding='circular'")
+                    raise DataError(f"reflect padding needs every axis longer than half the kernel "
+                                    f"(kernel {tuple(self.filter.shape[2:])}, input {tuple(x.shape[2:])}); "
+                                    "use a larger input, a smaller kernel_size or padding='circular'")
         kernel = self.filter.to(x.dtype)
         if x.dim() == 5 and kernel.shape[2] == 1:
             # an in-plane (1, kh, kw) kernel blurs each slice in 2D (deepinv's 3D transpose
@@ -86,13 +87,13 @@ def make_gaussian_blur(std: float = 3.0, kernel_size: int | None = None, dims: i
     """Gaussian blur; ``kernel_size`` defaults to 61 in 2D (DPS/DAPS) and to the truncation
     support ``2 int(truncate std + 0.5) + 1`` in 3D."""
     if dims not in (2, 3):
-        raise ValueError(f"dims must be 2 or 3, got {dims}")
+        raise ConfigError(f"dims must be 2 or 3, got {dims}")
     if std <= 0:
-        raise ValueError(f"std must be positive, got {std}")
+        raise ConfigError(f"std must be positive, got {std}")
     if kernel_size is None:
         kernel_size = 61 if dims == 2 else 2 * int(truncate * std + 0.5) + 1
     if kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        raise ConfigError(f"kernel_size must be odd, got {kernel_size}")
     kernel = gaussian_kernel(std, kernel_size, dims, truncate)
     return GaussianBlur(filter=kernel[None, None], padding=padding)
 
@@ -167,11 +168,11 @@ def motion_kernel(kernel_size: int | tuple[int, int] = 61, intensity: float = 0.
 
     height, width = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
     if height < 1 or width < 1:
-        raise ValueError(f"kernel_size must be positive, got {kernel_size}")
+        raise ConfigError(f"kernel_size must be positive, got {kernel_size}")
     if not 0 <= intensity <= 1:
-        raise ValueError(f"intensity must be in [0, 1], got {intensity}")
+        raise ConfigError(f"intensity must be in [0, 1], got {intensity}")
     if index < 0:
-        raise ValueError(f"index must be >= 0, got {index}")
+        raise ConfigError(f"index must be >= 0, got {index}")
     width2, height2 = 2 * width, 2 * height
     diagonal = (width2 ** 2 + height2 ** 2) ** 0.5
     rng = np.random.RandomState(seed)
@@ -199,11 +200,11 @@ def make_motion_blur(kernel_size: int | tuple[int, int] = 61, intensity: float =
     definition to reproduce.
     """
     if dims not in (2, 3):
-        raise ValueError(f"dims must be 2 or 3, got {dims}")
+        raise ConfigError(f"dims must be 2 or 3, got {dims}")
     kernel = motion_kernel(kernel_size, intensity, seed, index)
     if any(n % 2 == 0 for n in kernel.shape):
-        raise ValueError(f"kernel_size must be odd (the official reflect-pad + conv keeps the size only then), "
-                         f"got {kernel_size}")
+        raise ConfigError(f"kernel_size must be odd (the official reflect-pad + conv keeps the size only then), "
+                          f"got {kernel_size}")
     psf = kernel.flip(-2, -1)  # nn.Conv2d cross-correlates with the kernel; deepinv's Blur convolves
     return MotionBlur(filter=psf.reshape((1, 1) + (1,) * (dims - 2) + tuple(psf.shape)), padding=padding)
 

@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .errors import ConfigError, DataError
+
 
 def birdcage_maps(shape: Sequence[int], radius: float = 1.5, coils_per_ring: int = 8,
                   dtype: torch.dtype = torch.complex64) -> torch.Tensor:
@@ -34,7 +36,7 @@ def birdcage_maps(shape: Sequence[int], radius: float = 1.5, coils_per_ring: int
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (3, 4) or min(shape) < 1:
-        raise ValueError(f"birdcage_maps needs a shape (N, H, W) or (N, D, H, W), got {shape}")
+        raise ConfigError(f"birdcage_maps needs a shape (N, H, W) or (N, D, H, W), got {shape}")
     n_coils, *spatial = shape
     c = torch.arange(n_coils, dtype=torch.float64)
     per_ring = n_coils if len(spatial) == 2 else coils_per_ring
@@ -63,8 +65,8 @@ def as_complex_kspace(kspace: torch.Tensor) -> torch.Tensor:
     if kspace.is_complex():
         return kspace
     if kspace.ndim < 4 or kspace.shape[1] != 2:
-        raise ValueError(f"k-space must be complex (B, N, ...) or real (B, 2, N, ...) with real and imaginary "
-                         f"parts in dimension 1; got a real tensor of shape {tuple(kspace.shape)}")
+        raise DataError(f"k-space must be complex (B, N, ...) or real (B, 2, N, ...) with real and imaginary "
+                        f"parts in dimension 1; got a real tensor of shape {tuple(kspace.shape)}")
     return torch.view_as_complex(kspace.movedim(1, -1).contiguous())
 
 
@@ -74,7 +76,7 @@ def calibration_slices(spatial: Sequence[int], calib_width: int) -> tuple[slice,
     out = []
     for n in spatial:
         if calib_width > n:
-            raise ValueError(f"calib_width {calib_width} exceeds the k-space size {n}")
+            raise ConfigError(f"calib_width {calib_width} exceeds the k-space size {n}")
         start = n // 2 - calib_width // 2
         out.append(slice(start, start + calib_width))
     return tuple(out)
@@ -107,9 +109,9 @@ def estimate_coil_maps(kspace: torch.Tensor, calib_width: int = 24, thresh: floa
 
     ksp = as_complex_kspace(kspace).detach()
     if ksp.ndim not in (4, 5):
-        raise ValueError(f"k-space must have 2 or 3 spatial dimensions after (B, N); got shape {tuple(ksp.shape)}")
+        raise DataError(f"k-space must have 2 or 3 spatial dimensions after (B, N); got shape {tuple(ksp.shape)}")
     if three_d and ksp.ndim != 5:
-        raise ValueError("three_d=True needs volume k-space (B, 2, N, D, H, W)")
+        raise DataError("three_d=True needs volume k-space (B, 2, N, D, H, W)")
     calib_ndim = 3 if three_d else 2
     spatial = ksp.shape[-calib_ndim:]
     leading = (slice(None),) * (ksp.ndim - calib_ndim)  # batch, coils (and slices)
@@ -117,9 +119,9 @@ def estimate_coil_maps(kspace: torch.Tensor, calib_width: int = 24, thresh: floa
     sampled = (ksp[region] != 0).any(dim=1)  # (B, [D,] c, c[, c])
     if not bool(sampled.all()):
         fraction = float(sampled.float().mean())
-        raise ValueError(f"the {calib_width}-wide calibration region at the k-space centre is not fully sampled "
-                         f"({fraction:.0%} of it is); lower calib_width to the number of fully sampled centre "
-                         f"lines (e.g. round(center_fraction * W)) or sample a larger centre")
+        raise DataError(f"the {calib_width}-wide calibration region at the k-space centre is not fully sampled "
+                        f"({fraction:.0%} of it is); lower calib_width to the number of fully sampled centre "
+                        f"lines (e.g. round(center_fraction * W)) or sample a larger centre")
     dtype_np = np.complex128 if ksp.dtype == torch.complex128 else np.complex64
     data = ksp.cpu().numpy().astype(dtype_np)
     maps = np.zeros_like(data)

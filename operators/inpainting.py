@@ -10,11 +10,12 @@ The mask has shape (1, *spatial) and is shared by every channel.
 from __future__ import annotations
 
 import torch
+from .errors import ConfigError
 
 
 def box_mask(spatial: tuple[int, ...], box_fraction: float = 0.5) -> torch.Tensor:
     if not 0 < box_fraction < 1:
-        raise ValueError(f"box_fraction must be in (0, 1), got {box_fraction}")
+        raise ConfigError(f"box_fraction must be in (0, 1), got {box_fraction}")
     mask = torch.ones(1, *spatial)
     index = [slice(None)]
     for n in spatial:
@@ -27,7 +28,7 @@ def box_mask(spatial: tuple[int, ...], box_fraction: float = 0.5) -> torch.Tenso
 
 def random_mask(spatial: tuple[int, ...], missing: float = 0.7, seed: int = 0) -> torch.Tensor:
     if not 0 <= missing < 1:
-        raise ValueError(f"missing must be in [0, 1), got {missing}")
+        raise ConfigError(f"missing must be in [0, 1), got {missing}")
     draw = torch.rand(1, *spatial, generator=torch.Generator().manual_seed(seed))
     return (draw >= missing).float()
 
@@ -43,5 +44,5 @@ def make_inpainting(img_size: int | tuple[int, ...] = 256, kind: str = "box", ch
     elif kind == "random":
         mask = random_mask(spatial, missing, seed)
     else:
-        raise ValueError(f"unknown inpainting kind {kind!r}; choose 'box' or 'random'")
+        raise ConfigError(f"unknown inpainting kind {kind!r}; choose 'box' or 'random'")
     return Inpainting(img_size=(channels, *spatial), mask=mask)

@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .errors import ConfigError
+
 
 @contextlib.contextmanager
 def _temp_seed(rng: np.random.RandomState, seed):
@@ -50,7 +52,7 @@ class MaskFunc:
     def __init__(self, center_fractions: Sequence[float], accelerations: Sequence[float],
                  allow_any_combination: bool = False, seed=None):
         if len(center_fractions) != len(accelerations) and not allow_any_combination:
-            raise ValueError("give as many center_fractions as accelerations, or allow_any_combination=True")
+            raise ConfigError("give as many center_fractions as accelerations, or allow_any_combination=True")
         self.center_fractions = list(center_fractions)
         self.accelerations = list(accelerations)
         self.allow_any_combination = allow_any_combination
@@ -60,7 +62,7 @@ class MaskFunc:
         """Mask of shape ``[1] * (len(shape) - 2) + [num_cols, 1]`` for k-space of ``shape``
         (..., rows, cols, 2) as in fastMRI, and the number of low-frequency columns."""
         if len(shape) < 3:
-            raise ValueError("shape must have at least 3 dimensions (fastMRI layout: ..., rows, cols, 2)")
+            raise ConfigError("shape must have at least 3 dimensions (fastMRI layout: ..., rows, cols, 2)")
         with _temp_seed(self.rng, seed):
             center, accel, num_low = self.sample_mask(shape, offset)
         return torch.max(center, accel), num_low
@@ -137,7 +139,7 @@ MASK_FUNCS = {"random": RandomMaskFunc, "equispaced": EquiSpacedMaskFunc,
 def create_mask_for_mask_type(mask_type: str, center_fractions, accelerations, seed=None) -> MaskFunc:
     """fastMRI's ``create_mask_for_mask_type`` for ``random``, ``equispaced``, ``equispaced_fraction``."""
     if mask_type not in MASK_FUNCS:
-        raise ValueError(f"unknown mask type {mask_type!r}; choose one of {sorted(MASK_FUNCS)}")
+        raise ConfigError(f"unknown mask type {mask_type!r}; choose one of {sorted(MASK_FUNCS)}")
     return MASK_FUNCS[mask_type](center_fractions, accelerations, seed=seed)
 
 

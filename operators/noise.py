@@ -24,6 +24,8 @@ import math
 import torch
 from deepinv.physics import GaussianNoise, LogPoissonNoise, PoissonNoise
 
+from .errors import ConfigError, UnknownOptionError
+
 # LoDoPaB-CT (Leuschner et al., Sci. Data 2021; github.com/jleuschn/dival, dival/datasets/lodopab_dataset.py
 # and dival/util/constants.py): 4096 photons per detector pixel, zero counts replaced by 0.1,
 # images normalised by MU_MAX = 81.35858 / m on a 0.26 m field of view.
@@ -35,7 +37,7 @@ LODOPAB_FOV_M = 0.26
 
 def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
     if generator is not None and seed is not None:
-        raise TypeError("give either generator= or seed=, not both")
+        raise UnknownOptionError("give either generator= or seed=, not both")
     if seed is not None:
         return torch.Generator().manual_seed(int(seed))
     return generator
@@ -44,7 +46,7 @@ def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Gen
 def _positive(name: str, value: float) -> float:
     value = float(value)
     if not value > 0 or not math.isfinite(value):
-        raise ValueError(f"{name} must be a positive number, got {value}")
+        raise ConfigError(f"{name} must be a positive number, got {value}")
     return value
 
 
@@ -53,7 +55,7 @@ class Gaussian(GaussianNoise):
 
     def __init__(self, sigma: float = 0.01, generator: torch.Generator | None = None, seed: int | None = None):
         if float(sigma) < 0:
-            raise ValueError(f"sigma must be >= 0, got {sigma}")
+            raise ConfigError(f"sigma must be >= 0, got {sigma}")
         super().__init__(sigma=float(sigma), rng=_generator(generator, seed))
 
 

@@ -36,6 +36,8 @@ import torch
 from deepinv.physics import Physics
 from torch.nn import functional as F
 
+from .errors import ConfigError, DataError
+
 
 def centred_fft(z: torch.Tensor, dims: int) -> torch.Tensor:
     """Centred orthonormal FFT over the last ``dims`` axes (fastMRI ``fft2c`` for dims = 2)."""
@@ -76,19 +78,19 @@ class FourierPhaseRetrieval(Physics):
         if img_size is not None and not isinstance(img_size, int):
             img_size = tuple(int(n) for n in img_size)
             if dims is not None and dims != len(img_size):
-                raise ValueError(f"img_size {img_size} has {len(img_size)} axes but dims={dims}")
+                raise ConfigError(f"img_size {img_size} has {len(img_size)} axes but dims={dims}")
             dims = len(img_size)
         dims = 2 if dims is None else int(dims)
         if dims not in (2, 3):
-            raise ValueError(f"phase retrieval supports 2 or 3 spatial dims, got dims={dims}")
+            raise ConfigError(f"phase retrieval supports 2 or 3 spatial dims, got dims={dims}")
         if isinstance(img_size, int):
             img_size = (img_size,) * dims
         if oversample < 0:
-            raise ValueError(f"oversample must be >= 0, got {oversample}")
+            raise ConfigError(f"oversample must be >= 0, got {oversample}")
         if pad is not None:
             pad = (int(pad),) * dims if isinstance(pad, int) else tuple(int(p) for p in pad)
             if len(pad) != dims or min(pad) < 0:
-                raise ValueError(f"pad must be a non-negative int or {dims} of them, got {pad}")
+                raise ConfigError(f"pad must be a non-negative int or {dims} of them, got {pad}")
         self.img_size = img_size
         self.oversample = float(oversample)
         self.pad = pad
@@ -104,14 +106,14 @@ class FourierPhaseRetrieval(Physics):
 
     def _check(self, x: torch.Tensor) -> None:
         if x.ndim != self.dims + 2:
-            raise ValueError(f"{self.dims}D phase retrieval expects (B, C, {'D, ' if self.dims == 3 else ''}H, W) "
-                             f"inputs, got shape {tuple(x.shape)}; build it with dims={x.ndim - 2} for this input")
+            raise DataError(f"{self.dims}D phase retrieval expects (B, C, {'D, ' if self.dims == 3 else ''}H, W) "
+                            f"inputs, got shape {tuple(x.shape)}; build it with dims={x.ndim - 2} for this input")
         if x.is_complex():
-            raise ValueError("pass complex images as 2 real channels (real, imaginary) with complex_input=True")
+            raise DataError("pass complex images as 2 real channels (real, imaginary) with complex_input=True")
         if self.img_size is not None and tuple(x.shape[2:]) != self.img_size:
-            raise ValueError(f"this operator was built for spatial size {self.img_size}, got {tuple(x.shape[2:])}")
+            raise DataError(f"this operator was built for spatial size {self.img_size}, got {tuple(x.shape[2:])}")
         if self.complex_input and x.shape[1] != 2:
-            raise ValueError(f"complex_input=True expects 2 channels (real, imaginary), got {x.shape[1]}")
+            raise DataError(f"complex_input=True expects 2 channels (real, imaginary), got {x.shape[1]}")
 
     def _pad(self, z: torch.Tensor) -> torch.Tensor:
         widths = []
@@ -136,7 +138,7 @@ class FourierPhaseRetrieval(Physics):
         """``J(x)^T v = P^T Re(F^H (sgn(F P x) v))`` (``sgn(0) = 0``: minimum-norm subgradient)."""
         z = self.spectrum(x)
         if v.shape != z.shape:
-            raise ValueError(f"v must have the measurement shape {tuple(z.shape)}, got {tuple(v.shape)}")
+            raise DataError(f"v must have the measurement shape {tuple(z.shape)}, got {tuple(v.shape)}")
         back = centred_ifft(torch.sgn(z) * v.to(z.dtype), self.dims)
         crop = tuple(slice(p, p + n) for p, n in zip(self.padding(x.shape[2:]), x.shape[2:]))
         back = back[(slice(None), slice(None)) + crop]

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from deepinv.physics import LinearPhysics
 
+from .errors import ConfigError, DataError
+
 
 def _cubic(x: np.ndarray) -> np.ndarray:
     """Keys' cubic convolution kernel with a = -1/2 (MATLAB ``imresize``'s ``cubic``)."""
@@ -72,22 +74,22 @@ def _spatial_size(img_size: int | Sequence[int], dims: int | None) -> tuple[int,
         return (img_size,) * (2 if dims is None else dims)
     img_size = tuple(int(n) for n in img_size)
     if dims is not None and dims != len(img_size):
-        raise ValueError(f"img_size {img_size} has {len(img_size)} axes but dims={dims}")
+        raise ConfigError(f"img_size {img_size} has {len(img_size)} axes but dims={dims}")
     return img_size
 
 
 def _resized_axes(axes: Sequence[int] | None, dims: int) -> tuple[int, ...]:
     if dims not in (2, 3):
-        raise ValueError(f"dims must be 2 or 3, got {dims}")
+        raise ConfigError(f"dims must be 2 or 3, got {dims}")
     axes = tuple(range(dims)) if axes is None else tuple(sorted(set(int(a) for a in axes)))
     if not axes or any(a < 0 or a >= dims for a in axes):
-        raise ValueError(f"axes must be spatial axis numbers in 0..{dims - 1} (0 = D in 3D, H in 2D), got {axes}")
+        raise ConfigError(f"axes must be spatial axis numbers in 0..{dims - 1} (0 = D in 3D, H in 2D), got {axes}")
     return axes
 
 
 def _check_factor(factor) -> int:
     if isinstance(factor, bool) or int(factor) != factor or factor < 1:
-        raise ValueError(f"factor must be a positive integer, got {factor}")
+        raise ConfigError(f"factor must be a positive integer, got {factor}")
     return int(factor)
 
 
@@ -114,8 +116,8 @@ class BicubicDownsampling(LinearPhysics):
 
     def _check(self, x: torch.Tensor, size: tuple[int, ...], what: str) -> None:
         if x.dim() != 2 + len(size) or tuple(x.shape[2:]) != size:
-            raise ValueError(f"this operator expects {what} of shape (B, C, {', '.join(map(str, size))}), "
-                             f"got {tuple(x.shape)}; build it with img_size={self.img_size if what == 'images' else size}")
+            raise DataError(f"this operator expects {what} of shape (B, C, {', '.join(map(str, size))}), "
+                            f"got {tuple(x.shape)}; build it with img_size={self.img_size if what == 'images' else size}")
 
     def _resize(self, x: torch.Tensor, name: str, transpose: bool = False) -> torch.Tensor:
         for k in self.axes:
@@ -154,18 +156,18 @@ class AveragePooling(LinearPhysics):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 2 + self.dims:
-            raise ValueError(f"this operator expects {self.dims}D inputs (B, C, {'D, ' if self.dims == 3 else ''}H, W), "
-                             f"got shape {tuple(x.shape)}; build it with dims={x.dim() - 2}")
+            raise DataError(f"this operator expects {self.dims}D inputs (B, C, {'D, ' if self.dims == 3 else ''}H, W), "
+                            f"got shape {tuple(x.shape)}; build it with dims={x.dim() - 2}")
         if self.img_size is not None and tuple(x.shape[2:]) != self.img_size:
-            raise ValueError(f"this operator was built for img_size={self.img_size}, got shape {tuple(x.shape)}")
+            raise DataError(f"this operator was built for img_size={self.img_size}, got shape {tuple(x.shape)}")
         bad = [x.shape[2 + k] for k in self.axes if x.shape[2 + k] % self.factor]
         if bad:
-            raise ValueError(f"average pooling by {self.factor} needs every resized axis divisible by {self.factor}, "
-                             f"got spatial shape {tuple(x.shape[2:])}; crop or pad the input first")
+            raise DataError(f"average pooling by {self.factor} needs every resized axis divisible by {self.factor}, "
+                            f"got spatial shape {tuple(x.shape[2:])}; crop or pad the input first")
 
     def _check_measurement(self, y: torch.Tensor) -> None:
         if y.dim() != 2 + self.dims:
-            raise ValueError(f"this operator expects {self.dims}D measurements, got shape {tuple(y.shape)}")
+            raise DataError(f"this operator expects {self.dims}D measurements, got shape {tuple(y.shape)}")
 
     def A(self, x, **kwargs):
         self._check_input(x)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import ConfigError, DataError, UnknownOptionError
 from .masks import acs_band
 
 METHODS = ("zero-filled", "sense", "l1-wavelet", "tv")
@@ -84,11 +85,11 @@ def coil_kspace(volume) -> torch.Tensor:
     """Complex k-space (slices, coils, H, W) of a volume (single-coil files: one coil)."""
     kspace = torch.from_numpy(np.ascontiguousarray(volume.kspace))
     if not kspace.is_complex():
-        raise ValueError(f"{volume.fname}: k-space must be complex, got {kspace.dtype}")
+        raise DataError(f"{volume.fname}: k-space must be complex, got {kspace.dtype}")
     if kspace.ndim == 3:
         kspace = kspace[:, None]
     if kspace.ndim != 4:
-        raise ValueError(f"{volume.fname}: k-space must be (slices, [coils,] H, W), got {tuple(kspace.shape)}")
+        raise DataError(f"{volume.fname}: k-space must be (slices, [coils,] H, W), got {tuple(kspace.shape)}")
     return kspace.to(torch.complex64)
 
 
@@ -96,12 +97,12 @@ def _mask_tensor(volume, mask) -> torch.Tensor:
     width = volume.kspace.shape[-1]
     if mask is None:
         if volume.mask is None:
-            raise ValueError(f"{volume.fname} is fully sampled: give the mask, e.g. "
-                             f"invsolve.fastmri.masks.volume_mask(volume, 'equispaced_fraction', 4)")
+            raise DataError(f"{volume.fname} is fully sampled: give the mask, e.g. "
+                            f"invsolve.fastmri.masks.volume_mask(volume, 'equispaced_fraction', 4)")
         mask = volume.mask
     mask = torch.as_tensor(np.asarray(mask, dtype=np.float32)).reshape(-1)
     if mask.numel() != width:
-        raise ValueError(f"the mask has {mask.numel()} columns; {volume.fname} has {width} k-space columns")
+        raise DataError(f"the mask has {mask.numel()} columns; {volume.fname} has {width} k-space columns")
     return mask
 
 
@@ -134,8 +135,8 @@ def espirit_maps(measured: torch.Tensor, mask: torch.Tensor, calib_width: int = 
             break
         calib -= 1
     if calib <= kernel_width:
-        raise ValueError(f"ESPIRiT needs more than kernel_width={kernel_width} fully sampled centre columns; the mask "
-                         f"has {right - left}: use coil_maps='lowres' or a lower kernel_width")
+        raise ConfigError(f"ESPIRiT needs more than kernel_width={kernel_width} fully sampled centre columns; the mask "
+                          f"has {right - left}: use coil_maps='lowres' or a lower kernel_width")
     return estimate_coil_maps(measured, calib_width=calib, kernel_width=kernel_width, thresh=thresh, crop=crop)
 
 
@@ -145,7 +146,7 @@ def estimate_maps(measured: torch.Tensor, mask: torch.Tensor, coil_maps: str = "
     if measured.shape[1] == 1:
         return torch.ones_like(measured)
     if coil_maps not in ("auto", "espirit", "lowres"):
-        raise ValueError(f"coil_maps must be 'auto', 'espirit' or 'lowres', got {coil_maps!r}")
+        raise ConfigError(f"coil_maps must be 'auto', 'espirit' or 'lowres', got {coil_maps!r}")
     if coil_maps == "auto":
         left, right = acs_band(mask.numpy())
         coil_maps = "espirit" if right - left >= 2 * kernel_width else "lowres"
@@ -157,11 +158,11 @@ def estimate_maps(measured: torch.Tensor, mask: torch.Tensor, coil_maps: str = "
 def _maps_tensor(maps, shape: tuple[int, ...]) -> torch.Tensor:
     maps = torch.as_tensor(np.asarray(maps) if not torch.is_tensor(maps) else maps)
     if not maps.is_complex():
-        raise ValueError("coil maps must be complex (slices, coils, H, W) or (coils, H, W)")
+        raise DataError("coil maps must be complex (slices, coils, H, W) or (coils, H, W)")
     if maps.ndim == 3:
         maps = maps.unsqueeze(0).expand(shape[0], *maps.shape)
     if tuple(maps.shape) != tuple(shape):
-        raise ValueError(f"coil maps of shape {tuple(maps.shape)} do not fit k-space {tuple(shape)}")
+        raise DataError(f"coil maps of shape {tuple(maps.shape)} do not fit k-space {tuple(shape)}")
     return maps.to(torch.complex64)
 
 
@@ -215,11 +216,11 @@ def resolve_options(method: str, **options) -> dict:
     """All options of a baseline: its ``DEFAULTS`` (and ``MAP_OPTIONS``) updated by ``options``;
     an unknown method or option raises."""
     if method not in METHODS:
-        raise ValueError(f"unknown baseline {method!r}; choose one of {', '.join(METHODS)}")
+        raise ConfigError(f"unknown baseline {method!r}; choose one of {', '.join(METHODS)}")
     allowed = {**DEFAULTS[method], **(MAP_OPTIONS if method != "zero-filled" else {})}
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise TypeError(f"unknown options {unknown} for {method}; it takes {sorted(allowed) or 'none'}")
+        raise UnknownOptionError(f"unknown options {unknown} for {method}; it takes {sorted(allowed) or 'none'}")
     return {**allowed, **options}
 
 
@@ -246,7 +247,7 @@ def reconstruct(method: str, volume, mask=None, maps=None, **options) -> np.ndar
             return _crop(zf, size).numpy().astype(np.float32)
         scale = torch.quantile(_crop(zf, size).reshape(zf.shape[0], -1).double(), SCALE_PERCENTILE / 100, dim=1)
         if not bool((scale > 0).all()):
-            raise ValueError(f"{volume.fname}: a selected slice has an all-zero zero-filled image")
+            raise DataError(f"{volume.fname}: a selected slice has an all-zero zero-filled image")
         scale = scale.float().reshape(-1, 1, 1, 1)
         y = measured / scale
         if maps is None:

@@ -47,21 +47,20 @@ def _option(text: str):
 
 
 def _bench_fastmri(args) -> int:
-    from .executors import make_executor
-    from .runner import BenchConfig, default_data, default_prior, run
+    import dataclasses
 
-    data = args.data or default_data(progress=not args.quiet)
+    from .executors import make_executor
+    from .runner import BenchConfig, check_options, default_data, default_prior, run
+
+    config = BenchConfig(data=args.data or "", methods=args.methods, accelerations=args.accelerations, mask=args.mask,
+                         prior=args.prior, slices=args.slices, samples=args.samples, seed=args.seed,
+                         nfe=args.nfe or None, sigma_y=args.sigma_y, options=tuple(args.set or ()),
+                         max_volumes=args.max_volumes, device=args.device)
+    check_options(config)  # methods, --set names and values: before any data is written or read
+    executor = make_executor(args.executor, workers=args.workers, threads=args.threads, address=args.address,
+                             gpus_per_task=args.gpus_per_task)
     prior = args.prior or default_prior(args.methods)
-    config = BenchConfig(data=data, methods=args.methods, accelerations=args.accelerations, mask=args.mask,
-                         prior=prior, slices=args.slices, samples=args.samples, seed=args.seed, nfe=args.nfe or None,
-                         sigma_y=args.sigma_y, options=tuple(args.set or ()), max_volumes=args.max_volumes,
-                         device=args.device)
-    try:
-        executor = make_executor(args.executor, workers=args.workers, threads=args.threads, address=args.address,
-                                 gpus_per_task=args.gpus_per_task)
-    except ImportError as err:
-        print(f"invsolve bench fastmri: error: {err}", file=sys.stderr)
-        return 2
+    config = dataclasses.replace(config, prior=prior, data=args.data or default_data(progress=not args.quiet))
     try:
         summary = run(config, args.db, executor=executor, limit=args.limit, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -95,6 +94,7 @@ def _fastmri_synth(args) -> int:
 
 def add_parsers(sub) -> None:
     """Add ``bench`` (``fastmri``, ``report``) and ``fastmri`` (``synth``) to the ``invsolve`` command."""
+    from ..cli import bounded
     from .runner import BenchConfig
 
     d = BenchConfig(data="")
@@ -115,27 +115,27 @@ def add_parsers(sub) -> None:
     f.add_argument("--prior", default=None, help="prior name or folder for the samplers (default: mri-brain64)")
     f.add_argument("--slices", type=_slices, default=d.slices,
                    help="all, middle, middle+K (2K+1 middle slices) or indices 3,4,5 (default: %(default)s)")
-    f.add_argument("--samples", type=int, default=d.samples, help="posterior draws per slice; their mean is scored "
+    f.add_argument("--samples", type=bounded(int, 1), default=d.samples, help="posterior draws per slice; their mean is scored "
                    "(default: %(default)s)")
     f.add_argument("--seed", type=int, default=d.seed, help="seed of the samplers (default: %(default)s)")
-    f.add_argument("--nfe", type=int, default=d.nfe, help="denoiser evaluations per draw (default: %(default)s); "
+    f.add_argument("--nfe", type=bounded(int, 0), default=d.nfe, help="denoiser evaluations per draw (default: %(default)s); "
                    "0 keeps each sampler's own steps")
-    f.add_argument("--sigma-y", type=float, default=d.sigma_y,
+    f.add_argument("--sigma-y", type=bounded(float, 0, low_open=True), default=d.sigma_y,
                    help="k-space noise std in scaled units (zero-filled image p99.5 = 1) (default: %(default)s)")
     f.add_argument("--set", action="append", type=_option, metavar="METHOD.KEY=VALUE",
                    help="a sampler hyperparameter (dps.zeta=0.5; dps.preset=NAME) or a baseline option; repeatable")
-    f.add_argument("--max-volumes", type=int, default=None, help="only the first N files (sorted by name)")
+    f.add_argument("--max-volumes", type=bounded(int, 1), default=None, help="only the first N files (sorted by name)")
     f.add_argument("--db", default="results.sqlite", help="SQLite results database (default: %(default)s)")
     f.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local processes, or Ray tasks (pip install 'invsolve[distributed]') (default: %(default)s)")
-    f.add_argument("--workers", type=int, default=1, help="local worker processes (default: %(default)s)")
-    f.add_argument("--threads", type=int, default=None, help="torch threads per task (default: cores / workers)")
+    f.add_argument("--workers", type=bounded(int, 1), default=1, help="local worker processes (default: %(default)s)")
+    f.add_argument("--threads", type=bounded(int, 1), default=None, help="torch threads per task (default: cores / workers)")
     f.add_argument("--address", default=None, help="Ray cluster to join (e.g. auto, ray://HEAD:10001); "
                    "default: start a local Ray")
-    f.add_argument("--gpus-per-task", type=float, default=None,
+    f.add_argument("--gpus-per-task", type=bounded(float, 0), default=None,
                    help="GPUs per Ray task (default: 1 when the cluster has GPUs, else 0)")
     f.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: %(default)s)")
-    f.add_argument("--limit", type=int, default=None, help="stop after N new tasks (rerun to continue)")
+    f.add_argument("--limit", type=bounded(int, 0), default=None, help="stop after N new tasks (rerun to continue)")
     f.add_argument("--quiet", action="store_true", help="no progress bar")
     f.set_defaults(func=_bench_fastmri)
 
@@ -148,10 +148,10 @@ def add_parsers(sub) -> None:
     fm_sub = fm.add_subparsers(dest="fastmri_command", required=True)
     s = fm_sub.add_parser("synth", help="write synthetic fastMRI-layout multicoil HDF5 files (train and held-out val)")
     s.add_argument("out", help="output folder")
-    s.add_argument("--train", type=int, default=8, help="training volumes (default: %(default)s)")
-    s.add_argument("--val", type=int, default=4, help="held-out volumes (default: %(default)s)")
-    s.add_argument("--coils", type=int, default=8, help="simulated birdcage coils (default: %(default)s)")
-    s.add_argument("--size", type=int, default=None, help="image size (default: synthesize's)")
+    s.add_argument("--train", type=bounded(int, 0), default=8, help="training volumes (default: %(default)s)")
+    s.add_argument("--val", type=bounded(int, 0), default=4, help="held-out volumes (default: %(default)s)")
+    s.add_argument("--coils", type=bounded(int, 1), default=8, help="simulated birdcage coils (default: %(default)s)")
+    s.add_argument("--size", type=bounded(int, 8), default=None, help="image size (default: synthesize's)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--force", action="store_true", help="replace existing files")
     s.set_defaults(func=_fastmri_synth)

@@ -21,6 +21,7 @@ import multiprocessing
 import os
 from typing import Any, Callable, Iterable, Iterator
 
+from ..errors import ConfigError
 Task = Any
 Result = dict
 
@@ -52,7 +53,7 @@ class LocalExecutor:
 
     def __init__(self, workers: int = 1, threads: int | None = None):
         if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+            raise ConfigError(f"workers must be >= 1, got {workers}")
         self.workers = int(workers)
         self.threads = int(threads or default_threads(self.workers))
 
@@ -148,8 +149,8 @@ def make_executor(name: str, workers: int = 1, threads: int | None = None, addre
     """``local`` (``workers`` processes) or ``ray`` (optionally joining ``address``)."""
     if name == "local":
         if address is not None:
-            raise ValueError("--address is for --executor ray")
+            raise ConfigError("--address is for --executor ray")
         return LocalExecutor(workers, threads)
     if name == "ray":
         return RayExecutor(address=address, gpus_per_task=gpus_per_task, threads=threads or 1)
-    raise ValueError(f"unknown executor {name!r}; choose 'local' or 'ray'")
+    raise ConfigError(f"unknown executor {name!r}; choose 'local' or 'ray'")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ConfigError
 CENTER_FRACTIONS = {4: 0.08, 8: 0.04}
 """fastMRI's pairing of accelerations and centre fractions (leaderboard and ``subsample.py`` defaults)."""
 
@@ -19,8 +20,8 @@ CENTER_FRACTIONS = {4: 0.08, 8: 0.04}
 def fastmri_center_fraction(acceleration: float) -> float:
     """fastMRI's centre fraction for ``acceleration`` (0.08 at 4x, 0.04 at 8x)."""
     if float(acceleration) not in CENTER_FRACTIONS:
-        raise ValueError(f"no fastMRI centre fraction for acceleration {acceleration:g} (fastMRI pairs 4x/0.08 and "
-                         "8x/0.04); give center_fraction")
+        raise ConfigError(f"no fastMRI centre fraction for acceleration {acceleration:g} (fastMRI pairs 4x/0.08 and "
+                          "8x/0.04); give center_fraction")
     return CENTER_FRACTIONS[int(acceleration)]
 
 
@@ -64,11 +65,11 @@ def volume_mask(volume, mask_type: str = "equispaced_fraction", acceleration: fl
     if volume.mask is not None:
         if acceleration is not None and volume.acceleration is not None and \
                 float(acceleration) != float(volume.acceleration):
-            raise ValueError(f"{volume.fname} is undersampled at {volume.acceleration:g}x with its own mask; it "
-                             f"cannot be reconstructed at {float(acceleration):g}x")
+            raise ConfigError(f"{volume.fname} is undersampled at {volume.acceleration:g}x with its own mask; it "
+                              f"cannot be reconstructed at {float(acceleration):g}x")
         return np.asarray(volume.mask, dtype=np.float32).reshape(-1)
     if acceleration is None:
-        raise ValueError(f"{volume.fname} is fully sampled: give an acceleration (fastMRI: 4 or 8)")
+        raise ConfigError(f"{volume.fname} is fully sampled: give an acceleration (fastMRI: 4 or 8)")
     padding = (volume.padding_left, volume.padding_right) if zero_padding else None
     mask, _ = file_mask(volume.fname, width, acceleration, mask_type, center_fraction, padding)
     return mask
@@ -80,7 +81,7 @@ def acs_band(mask) -> tuple[int, int]:
     columns = np.asarray(mask).reshape(-1) > 0
     centre = columns.size // 2
     if not columns[centre]:
-        raise ValueError("the mask does not sample the k-space centre column W // 2: no autocalibration lines")
+        raise ConfigError("the mask does not sample the k-space centre column W // 2: no autocalibration lines")
     left, right = centre, centre + 1
     while left > 0 and columns[left - 1]:
         left -= 1

@@ -26,6 +26,7 @@ import math
 from typing import Iterable, Sequence
 
 import numpy as np
+from ..errors import DataError
 
 METRICS = ("nmse", "psnr", "ssim")
 
@@ -40,7 +41,7 @@ def _array(x) -> np.ndarray:
         pass
     x = np.asarray(x)
     if np.iscomplexobj(x):
-        raise ValueError("fastMRI metrics compare magnitude images; take the magnitude first")
+        raise DataError("fastMRI metrics compare magnitude images; take the magnitude first")
     return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
 
 
@@ -48,8 +49,8 @@ def center_crop(data: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """fastMRI's ``transforms.center_crop`` of the last two axes (start ``(n - s) // 2``)."""
     h, w = (int(s) for s in shape)
     if not (0 < h <= data.shape[-2] and 0 < w <= data.shape[-1]):
-        raise ValueError(f"cannot centre-crop images of {data.shape[-2]}x{data.shape[-1]} to {h}x{w} (fastMRI: "
-                         "'Invalid shapes.'); the reconstruction must be at least the target's width in both axes")
+        raise DataError(f"cannot centre-crop images of {data.shape[-2]}x{data.shape[-1]} to {h}x{w} (fastMRI: "
+                        "'Invalid shapes.'); the reconstruction must be at least the target's width in both axes")
     top, left = (data.shape[-2] - h) // 2, (data.shape[-1] - w) // 2
     return data[..., top:top + h, left:left + w]
 
@@ -63,9 +64,9 @@ def crop_to_target_width(target, recon) -> tuple[np.ndarray, np.ndarray]:
 
 def _check(gt: np.ndarray, pred: np.ndarray) -> None:
     if gt.ndim != 3:
-        raise ValueError(f"fastMRI metrics take volumes (slices, h, w); got a target of shape {gt.shape}")
+        raise DataError(f"fastMRI metrics take volumes (slices, h, w); got a target of shape {gt.shape}")
     if gt.shape != pred.shape:
-        raise ValueError(f"target {gt.shape} and reconstruction {pred.shape} differ in shape")
+        raise DataError(f"target {gt.shape} and reconstruction {pred.shape} differ in shape")
 
 
 def mse(gt, pred) -> float:
@@ -131,7 +132,7 @@ def slice_metrics(target, recon, data_range: float | None = None) -> dict[str, f
     """The same scores for one slice (h, w) (``data_range``: usually the volume's maximum)."""
     target, recon = _array(target), _array(recon)
     if target.ndim != 2:
-        raise ValueError(f"slice_metrics takes one slice (h, w); got {target.shape}")
+        raise DataError(f"slice_metrics takes one slice (h, w); got {target.shape}")
     return volume_metrics(target[None], recon[None], data_range=data_range, crop=False)
 
 
@@ -140,7 +141,7 @@ def aggregate(values: Iterable[float]) -> dict[str, float]:
     and sample standard deviation (``ddof = 1``); ``std`` is ``nan`` for fewer than two volumes."""
     v = np.asarray([float(x) for x in values], dtype=np.float64)
     if v.size == 0:
-        raise ValueError("no values to aggregate")
+        raise DataError("no values to aggregate")
     mean = float(v.mean())
     std = float(v.std(ddof=1)) if v.size > 1 else math.nan
     return {"mean": mean, "std": std, "two_std": 2 * std, "n": int(v.size)}
@@ -151,7 +152,7 @@ def evaluate(pairs: Iterable[tuple]) -> dict[str, dict[str, float]]:
     ``aggregate`` of the per-volume scores (``{"nmse": {"mean", "std", "two_std", "n"}, ...}``)."""
     scores = [volume_metrics(target, recon) for target, recon in pairs]
     if not scores:
-        raise ValueError("no volumes to evaluate")
+        raise DataError("no volumes to evaluate")
     return {name: aggregate(s[name] for s in scores) for name in ("mse", *METRICS)}
 
 

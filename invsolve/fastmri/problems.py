@@ -36,6 +36,7 @@ from deepinv.physics import LinearPhysics
 
 from operators.mri import SenseMRI, SingleCoilMRI, center_crop, ifftc
 
+from ..errors import ConfigError, DataError
 from .baselines import SCALE_PERCENTILE, coil_kspace, lowres_maps
 from .masks import volume_mask  # noqa: F401 (the benchmark's mask: fastMRI's, seeded per file)
 
@@ -53,7 +54,7 @@ class EmbeddedMRI(LinearPhysics):
                  full: tuple[int, int], device="cpu"):
         super().__init__(img_size=(channels, *crop), device=device)
         if channels not in (1, 2):
-            raise ValueError(f"MRI priors have 1 (magnitude/real) or 2 (complex) channels, got {channels}")
+            raise ConfigError(f"MRI priors have 1 (magnitude/real) or 2 (complex) channels, got {channels}")
         self.channels = int(channels)
         self.crop = tuple(int(s) for s in crop)
         self.full = tuple(int(s) for s in full)
@@ -68,7 +69,7 @@ class EmbeddedMRI(LinearPhysics):
         """The MRI operator for a batch of ``batch`` images."""
         slices = 1 if self.coil_maps is None else self.coil_maps.shape[0]
         if batch % slices:
-            raise ValueError(f"a batch of {batch} images does not divide into {slices} slices")
+            raise DataError(f"a batch of {batch} images does not divide into {slices} slices")
         k = batch // slices
         if k not in self._operators:
             if self.coil_maps is None:
@@ -115,7 +116,7 @@ def target_size(volume) -> tuple[int, int]:
     recon = getattr(volume, "recon_size", None)
     if recon is not None:
         return int(recon[0]), int(recon[1])
-    raise ValueError(f"{volume.fname} has no target and no reconstruction size")
+    raise DataError(f"{volume.fname} has no target and no reconstruction size")
 
 
 def build_parts(volume, mask: torch.Tensor, prior_shape: tuple[int, ...], device="cpu") -> MRIProblemParts:
@@ -126,19 +127,19 @@ def build_parts(volume, mask: torch.Tensor, prior_shape: tuple[int, ...], device
     channels, *grid = prior_shape
     grid = tuple(grid)
     if len(grid) != 2:
-        raise ValueError(f"the fastMRI benchmark needs a 2D prior (C, H, W); this one generates {tuple(prior_shape)}")
+        raise ConfigError(f"the fastMRI benchmark needs a 2D prior (C, H, W); this one generates {tuple(prior_shape)}")
     if grid != full and grid != crop:
-        raise ValueError(f"the prior generates {grid[0]}x{grid[1]} images but {volume.fname} has k-space images of "
-                         f"{full[0]}x{full[1]} and {crop[0]}x{crop[1]} targets; use a prior of one of those sizes "
-                         f"(invsolve train --data DIR --size ...)")
+        raise ConfigError(f"the prior generates {grid[0]}x{grid[1]} images but {volume.fname} has k-space images of "
+                          f"{full[0]}x{full[1]} and {crop[0]}x{crop[1]} targets; use a prior of one of those sizes "
+                          f"(invsolve train --data DIR --size ...)")
     if any(c > f for c, f in zip(grid, full)):
-        raise ValueError(f"prior images {grid} are larger than the k-space grid {full}")
+        raise ConfigError(f"prior images {grid} are larger than the k-space grid {full}")
     measured = kspace * mask.to(kspace.real.dtype)  # train/val files are fully sampled; test files are zero there already
     maps = lowres_maps(measured, mask)
     zero_filled = center_crop(ifftc(measured).abs().square().sum(1).sqrt(), crop)
     scale = float(np.percentile(zero_filled.numpy(), SCALE_PERCENTILE))
     if not scale > 0:
-        raise ValueError(f"{volume.fname}: the zero-filled image of the selected slices is zero")
+        raise DataError(f"{volume.fname}: the zero-filled image of the selected slices is zero")
     multicoil = kspace.shape[1] > 1 or getattr(volume, "is_multicoil", False)
     if multicoil or channels == 1:
         physics = EmbeddedMRI(maps.to(device), mask.to(device), channels, grid, full, device=device)

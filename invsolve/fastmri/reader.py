@@ -36,6 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 
 ISMRMRD_NAMESPACE = "http://www.ismrm.org/ISMRMRD"
+from ..errors import ConfigError, DataError
+
 HDF5_SUFFIXES = (".h5", ".hdf5")
 TARGET_KEYS = {"singlecoil": "reconstruction_esc", "multicoil": "reconstruction_rss"}
 """The target fastMRI scores each challenge against (``fastmri/evaluate.py``, ``SliceDataset``)."""
@@ -112,7 +114,7 @@ def et_query(root: ElementTree.Element, path: Sequence[str], namespace: str = IS
     query = "." + "".join(f"//ismrmrd:{element}" for element in path)
     found = root.find(query, {"ismrmrd": namespace})
     if found is None or found.text is None:
-        raise ValueError(f"the ISMRMRD header has no {'/'.join(path)}")
+        raise DataError(f"the ISMRMRD header has no {'/'.join(path)}")
     return found.text.strip()
 
 
@@ -122,7 +124,7 @@ def parse_header(xml: str | bytes) -> dict[str, Any]:
     try:
         root = ElementTree.fromstring(xml)
     except ElementTree.ParseError as err:
-        raise ValueError(f"the ISMRMRD header is not valid XML: {err}") from err
+        raise DataError(f"the ISMRMRD header is not valid XML: {err}") from err
     encoded = ["encoding", "encodedSpace", "matrixSize"]
     recon = ["encoding", "reconSpace", "matrixSize"]
     limits = ["encoding", "encodingLimits", "kspace_encoding_step_1"]
@@ -144,7 +146,7 @@ def select_slices(slices, num_slices: int) -> list[int]:
     ``"middle±K"`` (the 2K + 1 slices around the middle, clipped to the volume); an int; a list
     of ints or a comma-separated string of them (negative indices count from the end)."""
     if num_slices < 1:
-        raise ValueError("the file has no slices")
+        raise DataError("the file has no slices")
     middle = num_slices // 2
     if isinstance(slices, str):
         text = slices.strip().lower().replace(" ", "")
@@ -159,22 +161,22 @@ def select_slices(slices, num_slices: int) -> list[int]:
         if re.fullmatch(r"-?\d+(,-?\d+)*", text):
             slices = [int(v) for v in text.split(",")]
         else:
-            raise ValueError(f"slices must be 'all', 'middle', 'middle+K', an index or a list of indices; "
-                             f"got {slices!r}")
+            raise ConfigError(f"slices must be 'all', 'middle', 'middle+K', an index or a list of indices; "
+                              f"got {slices!r}")
     if isinstance(slices, (int, np.integer)):
         slices = [int(slices)]
     indices = []
     for value in slices:
         if not isinstance(value, (int, np.integer)):
-            raise ValueError(f"slice indices must be integers, got {value!r}")
+            raise ConfigError(f"slice indices must be integers, got {value!r}")
         index = int(value)
         if not -num_slices <= index < num_slices:
-            raise ValueError(f"slice {index} is out of range for a volume of {num_slices} slices")
+            raise ConfigError(f"slice {index} is out of range for a volume of {num_slices} slices")
         indices.append(index % num_slices)
     if not indices:
-        raise ValueError("select at least one slice")
+        raise ConfigError("select at least one slice")
     if len(set(indices)) != len(indices):
-        raise ValueError(f"slice indices repeat: {list(slices)}")
+        raise ConfigError(f"slice indices repeat: {list(slices)}")
     return indices
 
 
@@ -223,16 +225,16 @@ def read_volume(path, slices="all", target_key: str | None = None) -> FastMRIVol
     try:
         handle = h5py.File(path, "r")
     except OSError as err:
-        raise ValueError(f"{path} is not an HDF5 file ({err}); fastMRI files are HDF5 (.h5)") from err
+        raise DataError(f"{path} is not an HDF5 file ({err}); fastMRI files are HDF5 (.h5)") from err
     with handle as f:
         if "kspace" not in f:
-            raise ValueError(f"{path} is not a fastMRI file: it has no 'kspace' dataset (keys: {sorted(f.keys())}); "
-                             "fastMRI files hold kspace (slices, [coils,] H, W) complex, ismrmrd_header and, "
-                             "for train/val, reconstruction_rss / reconstruction_esc")
+            raise DataError(f"{path} is not a fastMRI file: it has no 'kspace' dataset (keys: {sorted(f.keys())}); "
+                            "fastMRI files hold kspace (slices, [coils,] H, W) complex, ismrmrd_header and, "
+                            "for train/val, reconstruction_rss / reconstruction_esc")
         dataset = f["kspace"]
         if dataset.ndim not in (3, 4) or dataset.dtype.kind != "c":
-            raise ValueError(f"{path}: 'kspace' must be complex (slices, H, W) or (slices, coils, H, W); "
-                             f"got {dataset.dtype} {dataset.shape}")
+            raise DataError(f"{path}: 'kspace' must be complex (slices, H, W) or (slices, coils, H, W); "
+                            f"got {dataset.dtype} {dataset.shape}")
         is_multicoil = dataset.ndim == 4
         challenge = "multicoil" if is_multicoil else "singlecoil"
         num_slices = int(dataset.shape[0])
@@ -245,18 +247,18 @@ def read_volume(path, slices="all", target_key: str | None = None) -> FastMRIVol
         if key in f:
             target_set = f[key]
             if target_set.ndim != 3 or target_set.shape[0] != num_slices:
-                raise ValueError(f"{path}: '{key}' must be (slices, h, w) with {num_slices} slices; "
-                                 f"got {target_set.shape}")
+                raise DataError(f"{path}: '{key}' must be (slices, h, w) with {num_slices} slices; "
+                                f"got {target_set.shape}")
             target = _read_rows(target_set, indices).astype(np.float32, copy=False)
         elif target_key is not None:
-            raise ValueError(f"{path} has no '{target_key}' (keys: {sorted(f.keys())})")
+            raise DataError(f"{path} has no '{target_key}' (keys: {sorted(f.keys())})")
 
         attrs = {name: _attr_value(value) for name, value in f.attrs.items()}
         mask = None
         if "mask" in f:
             mask = np.asarray(f["mask"][()]).reshape(-1)
             if mask.shape[0] != width:
-                raise ValueError(f"{path}: 'mask' has {mask.shape[0]} entries for {width} k-space columns")
+                raise DataError(f"{path}: 'mask' has {mask.shape[0]} entries for {width} k-space columns")
             mask = mask.astype(bool)
         header = None
         if "ismrmrd_header" in f:
@@ -267,7 +269,7 @@ def read_volume(path, slices="all", target_key: str | None = None) -> FastMRIVol
         try:
             geometry = parse_header(header)
         except ValueError as err:
-            raise ValueError(f"{path}: {err}") from err
+            raise DataError(f"{path}: {err}") from err
     else:
         recon = target.shape[-2:] if target is not None else (height, width)
         geometry = {"encoding_size": (height, width, 1), "recon_size": (int(recon[0]), int(recon[1]), 1),

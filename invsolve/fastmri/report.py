@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from ..errors import DataError
 
 METRICS = ("nmse", "psnr", "ssim")
 
@@ -202,7 +203,7 @@ def write_report(db: str | Path, out: str | Path) -> dict:
     with ResultStore(db) as store:
         results = store.results()
         if not results:
-            raise ValueError(f"{db} holds no results yet; run `invsolve bench fastmri --db {db}` first")
+            raise DataError(f"{db} holds no results yet; run `invsolve bench fastmri --db {db}` first")
         images = store.images([r["id"] for r in results])
         slice_psnr = {(r["result_id"], r["slice"]): r["psnr"] for r in store.slice_results()}
     summaries = summarize(results)

@@ -34,6 +34,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..errors import ConfigError, DataError
+
 RUNNER_VERSION = 1
 """Bumped when the runner's computation changes in a way the configuration does not show."""
 
@@ -90,15 +92,15 @@ class BenchConfig:
 
     def __post_init__(self):
         if not self.methods:
-            raise ValueError("give at least one method")
+            raise ConfigError("give at least one method")
         if len(set(self.methods)) != len(self.methods):
-            raise ValueError(f"methods repeat: {list(self.methods)}")
+            raise ConfigError(f"methods repeat: {list(self.methods)}")
         if self.samples < 1:
-            raise ValueError(f"samples must be >= 1, got {self.samples}")
+            raise ConfigError(f"samples must be >= 1, got {self.samples}")
         if self.nfe is not None and self.nfe < 1:
-            raise ValueError(f"nfe must be >= 1, got {self.nfe}")
+            raise ConfigError(f"nfe must be >= 1, got {self.nfe}")
         if not self.sigma_y > 0:
-            raise ValueError(f"sigma_y must be > 0, got {self.sigma_y}")
+            raise ConfigError(f"sigma_y must be > 0, got {self.sigma_y}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +136,24 @@ def check_methods(methods: Sequence[str]) -> None:
     known = set(baseline_names()) | set(samplers.names())
     unknown = [m for m in methods if m not in known]
     if unknown:
-        raise ValueError(f"unknown methods {unknown}; baselines: {', '.join(baseline_names())}; "
-                         f"samplers: {', '.join(samplers.names())}")
+        raise ConfigError(f"unknown methods {unknown}; baselines: {', '.join(baseline_names())}; "
+                          f"samplers: {', '.join(samplers.names())}")
+
+
+def check_options(config: BenchConfig) -> None:
+    """Check the methods and every option against the methods they name, before any work."""
+    from .baselines import resolve_options
+
+    check_methods(config.methods)
+    stray = sorted({m for m, _, _ in config.options} - set(config.methods))
+    if stray:
+        raise ConfigError(f"options given for {', '.join(stray)}, which {'is' if len(stray) == 1 else 'are'} not "
+                          f"among the methods ({', '.join(config.methods)}); set options of a method that runs")
+    for method in config.methods:
+        if is_sampler(method):
+            sampler_settings(config, method)
+        else:
+            resolve_options(method, **method_options(config, method))
 
 
 def method_options(config: BenchConfig, method: str) -> dict:
@@ -176,7 +194,7 @@ def resolved_config(config: BenchConfig, method: str) -> dict:
                 "centre_fractions": "fastMRI pairing 4x/0.08, 8x/0.04"}
     if is_sampler(method):
         if config.prior is None:
-            raise ValueError(f"sampler {method!r} needs --prior (a prior name or folder)")
+            raise ConfigError(f"sampler {method!r} needs --prior (a prior name or folder)")
         preset, overrides, hyper = sampler_settings(config, method)
         resolved.update(kind="sampler", prior=prior_identity(config.prior), samples=config.samples,
                         sigma_y=config.sigma_y, preset=preset, hyperparameters=hyper, estimate="posterior mean",
@@ -318,8 +336,8 @@ def run_task(config: BenchConfig, task: Task) -> dict:
 
     volume = read_volume(task.path, slices=config.slices)
     if volume.target is None:
-        raise ValueError(f"{task.volume} has no target (a test/challenge file); the benchmark scores against "
-                         "reconstruction_rss / reconstruction_esc: point --data at train or validation files")
+        raise DataError(f"{task.volume} has no target (a test/challenge file); the benchmark scores against "
+                        "reconstruction_rss / reconstruction_esc: point --data at train or validation files")
     mask = torch.from_numpy(np.asarray(volume_mask(volume, config.mask, task.acceleration), dtype=np.float32))
     out = (_run_sampler if is_sampler(task.method) else _run_baseline)(config, task, volume, mask)
     target = np.asarray(volume.target, dtype=np.float64)
@@ -362,7 +380,7 @@ def _f(value) -> float:
 def _slice_indices(volume, n: int) -> list[int]:
     indices = [int(i) for i in volume.slice_indices]
     if len(indices) != n:
-        raise ValueError(f"{volume.fname}: {len(indices)} slice indices for {n} target slices")
+        raise DataError(f"{volume.fname}: {len(indices)} slice indices for {n} target slices")
     return indices
 
 

@@ -45,6 +45,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import ConfigError
 from .masks import file_mask
 
 SPLITS = {"train": "multicoil_train", "val": "multicoil_val", "test": "multicoil_test"}
@@ -228,7 +229,7 @@ def _slab(keep: np.ndarray, n_total: int, slices: int, step: int, rng: np.random
         step = max(1, min(step, (n_total - 1) // max(slices - 1, 1)))
         span = (slices - 1) * step
         if span > hi:
-            raise ValueError(f"the source volume has {n_total} slices; ask for at most {n_total} slices per volume")
+            raise ConfigError(f"the source volume has {n_total} slices; ask for at most {n_total} slices per volume")
     start = lo + (hi - lo - span) // 2 if rng is None else int(rng.integers(lo, hi - span + 1))
     return start + step * np.arange(slices)
 
@@ -346,10 +347,10 @@ def synthesize(out_dir, n_train: int = 8, n_val: int = 4, coils: int = 8, size: 
     """
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+            raise ConfigError(f"{name} must be >= 0, got {value}")
     if coils < 1 or size < 8 or slices < 1 or oversampling < 1:
-        raise ValueError(f"need coils >= 1, size >= 8, slices >= 1, oversampling >= 1; got coils={coils}, "
-                         f"size={size}, slices={slices}, oversampling={oversampling}")
+        raise ConfigError(f"need coils >= 1, size >= 8, slices >= 1, oversampling >= 1; got coils={coils}, "
+                          f"size={size}, slices={slices}, oversampling={oversampling}")
     root = Path(out_dir)
     plan = []  # (split, index, path-to-be)
     for split, count in (("train", n_train), ("val", n_val), ("test", n_test)):

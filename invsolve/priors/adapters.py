@@ -29,6 +29,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 PARAMETERIZATIONS = ("edm", "ve-score", "vp-eps", "vp-x0", "vp-v", "flow-velocity")
 
 
@@ -178,6 +180,6 @@ ADAPTERS: dict[str, type[Denoiser]] = {
 def make_denoiser(parameterization: str, net: Callable, **options) -> Denoiser:
     """Wrap ``net`` in the adapter for ``parameterization`` (one of ``PARAMETERIZATIONS``)."""
     if parameterization not in ADAPTERS:
-        raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {sorted(ADAPTERS)}")
+        raise ConfigError(f"unknown parameterization {parameterization!r}; choose one of {sorted(ADAPTERS)}")
     return ADAPTERS[parameterization](net, **options)
 

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..errors import ConfigError, DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -163,7 +164,7 @@ def read_image(path: Path, window=None, percentiles=(0.5, 99.5)) -> Unit:
             image = image.convert("L")
         array = np.asarray(image)
     if array.ndim != 2:
-        raise ValueError(f"{path}: expected a grayscale image, got array shape {array.shape}")
+        raise DataError(f"{path}: expected a grayscale image, got array shape {array.shape}")
     if window is not None:
         scaled = normalize(array, window)
     elif array.dtype == np.uint8:
@@ -181,13 +182,13 @@ def read_nifti(path: Path, slice_axis: str = "axial", window=None, percentiles=(
     import nibabel as nib
 
     if slice_axis not in SLICE_AXES:
-        raise ValueError(f"slice_axis must be one of {sorted(SLICE_AXES)}, got {slice_axis!r}")
+        raise ConfigError(f"slice_axis must be one of {sorted(SLICE_AXES)}, got {slice_axis!r}")
     image = nib.as_closest_canonical(nib.load(str(path)))
     data = np.asarray(image.dataobj, dtype=np.float32)
     if data.ndim == 3:
         data = data[..., None]
     if data.ndim != 4:
-        raise ValueError(f"{path}: expected a 3D or 4D NIfTI volume, got shape {data.shape}")
+        raise DataError(f"{path}: expected a 3D or 4D NIfTI volume, got shape {data.shape}")
     slices = []
     for t in range(data.shape[3]):  # each 3D volume of a 4D series is normalised on its own
         volume = normalize(data[..., t], window, percentiles)
@@ -206,7 +207,7 @@ def read_dicom_series(paths: list[Path], window=None, percentiles=(0.5, 99.5)) -
         try:
             ds = pydicom.dcmread(str(path))
         except pydicom.errors.InvalidDicomError as err:
-            raise ValueError(f"{path} is not a DICOM file ({err}); remove it or choose --data-format") from err
+            raise DataError(f"{path} is not a DICOM file ({err}); remove it or choose --data-format") from err
         if "PixelData" not in ds:
             continue
         series.setdefault(str(ds.get("SeriesInstanceUID", path.parent)), []).append((path, ds))
@@ -223,8 +224,8 @@ def read_dicom_series(paths: list[Path], window=None, percentiles=(0.5, 99.5)) -
         frames = []
         for path, ds in items:
             if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-                raise ValueError(f"{path}: colour DICOM ({ds.SamplesPerPixel} samples per pixel); "
-                                 "invsolve trains on grayscale scans only")
+                raise DataError(f"{path}: colour DICOM ({ds.SamplesPerPixel} samples per pixel); "
+                                "invsolve trains on grayscale scans only")
             pixels = ds.pixel_array.astype(np.float64)
             pixels = pixels * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
             if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1":
@@ -232,7 +233,7 @@ def read_dicom_series(paths: list[Path], window=None, percentiles=(0.5, 99.5)) -
             frames.append(pixels.reshape(-1, *pixels.shape[-2:]))
         shapes = {f.shape[-2:] for f in frames}
         if len(shapes) > 1:
-            raise ValueError(f"DICOM series {uid} mixes image sizes {sorted(shapes)}")
+            raise DataError(f"DICOM series {uid} mixes image sizes {sorted(shapes)}")
         volume = normalize(np.concatenate(frames), window, percentiles)
         name = os.path.commonpath([str(p) for p, _ in items]) if len(items) > 1 else str(items[0][0])
         units.append(Unit(f"{Path(name).name} (series {uid[-12:]}, {len(items)} files)", torch.from_numpy(volume)[:, None]))
@@ -281,19 +282,19 @@ def read_fastmri(path: Path, representation: str = "magnitude", percentiles=(0.5
     import h5py
 
     if representation not in ("magnitude", "complex"):
-        raise ValueError(f"representation must be 'magnitude' or 'complex', got {representation!r}")
+        raise ConfigError(f"representation must be 'magnitude' or 'complex', got {representation!r}")
     with h5py.File(path, "r") as f:
         if "kspace" not in f and "reconstruction_rss" not in f:
-            raise ValueError(f"{path} has neither 'kspace' nor 'reconstruction_rss'; keys: {sorted(f.keys())}")
+            raise DataError(f"{path} has neither 'kspace' nor 'reconstruction_rss'; keys: {sorted(f.keys())}")
         target_shape = f["reconstruction_rss"].shape[-2:] if "reconstruction_rss" in f else None
         if representation == "magnitude" and "reconstruction_rss" in f:
             return Unit(path.name, torch.from_numpy(normalize(f["reconstruction_rss"][()], None, percentiles))[:, None])
         if "kspace" not in f:
-            raise ValueError(f"{path} has no 'kspace': complex images need k-space (use --representation magnitude)")
+            raise DataError(f"{path} has no 'kspace': complex images need k-space (use --representation magnitude)")
         kspace = f["kspace"]
         if kspace.ndim not in (3, 4) or kspace.dtype.kind != "c":
-            raise ValueError(f"{path}: 'kspace' must be complex (slices, H, W) or (slices, coils, H, W), "
-                             f"got {kspace.dtype} {kspace.shape}")
+            raise DataError(f"{path}: 'kspace' must be complex (slices, H, W) or (slices, coils, H, W), "
+                            f"got {kspace.dtype} {kspace.shape}")
         images = []
         for k in range(kspace.shape[0]):
             image = centred_ifft2(kspace[k])  # (H, W) or (C, H, W)
@@ -331,7 +332,7 @@ def _kind_of(path: Path) -> str | None:
 def find_files(data: str, data_format: str = "auto") -> tuple[str, list[Path]]:
     """Resolve ``data`` (a file, a folder searched recursively, or a glob) to (format, sorted files)."""
     if data_format not in FORMATS:
-        raise ValueError(f"data format must be one of {FORMATS}, got {data_format!r}")
+        raise ConfigError(f"data format must be one of {FORMATS}, got {data_format!r}")
     path = Path(data).expanduser()
     if any(ch in data for ch in "*?["):
         candidates = [Path(p) for p in globlib.glob(os.path.expanduser(data), recursive=True)]
@@ -348,8 +349,8 @@ def find_files(data: str, data_format: str = "auto") -> tuple[str, list[Path]]:
         if not kinds and files:
             kinds = {"dicom"}  # DICOM files often carry no suffix
         if len(kinds) != 1:
-            raise ValueError(f"cannot tell the format of {data!r} (found {sorted(kinds) or 'no known files'}); "
-                             f"pass --data-format one of {FORMATS[1:]}")
+            raise ConfigError(f"cannot tell the format of {data!r} (found {sorted(kinds) or 'no known files'}); "
+                              f"pass --data-format one of {FORMATS[1:]}")
         data_format = kinds.pop()
     if data_format == "dicom":
         chosen = [p for p in files if _kind_of(p) in ("dicom", None)]
@@ -363,12 +364,12 @@ def find_files(data: str, data_format: str = "auto") -> tuple[str, list[Path]]:
 def split_units(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded split of ``n`` units into (train indices, validation indices), sorted."""
     if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if val_fraction == 0:
         return list(range(n)), []
     if n < 2:
-        raise ValueError(f"a validation split needs at least 2 files/volumes, found {n}; "
-                         "add files or pass --val-fraction 0 to train without validation")
+        raise ConfigError(f"a validation split needs at least 2 files/volumes, found {n}; "
+                          "add files or pass --val-fraction 0 to train without validation")
     n_val = min(n - 1, max(1, round(val_fraction * n)))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(order[n_val:]), sorted(order[:n_val])
@@ -379,7 +380,7 @@ def read_units(config) -> tuple[str, list[Unit]]:
     window = tuple(config.window) if config.window else None
     percentiles = tuple(config.percentiles)
     if config.representation == "complex" and data_format != "fastmri":
-        raise ValueError("--representation complex needs fastMRI k-space files (--data-format fastmri)")
+        raise ConfigError("--representation complex needs fastMRI k-space files (--data-format fastmri)")
     if data_format == "images":
         units = [read_image(p, window, percentiles) for p in files]
     elif data_format == "nifti":
@@ -388,10 +389,10 @@ def read_units(config) -> tuple[str, list[Unit]]:
         units = read_dicom_series(files, window, percentiles)
     else:
         if window is not None:
-            raise ValueError("--window applies to CT-like real data, not to fastMRI files")
+            raise ConfigError("--window applies to CT-like real data, not to fastMRI files")
         units = [read_fastmri(p, config.representation, percentiles) for p in files]
     if not units:
-        raise ValueError(f"no images found in {config.data!r}")
+        raise DataError(f"no images found in {config.data!r}")
     return data_format, units
 
 
@@ -430,7 +431,7 @@ def augment_batch(x: torch.Tensor, augment: tuple[str, ...], generator: torch.Ge
         x = torch.where(torch.rand(shape, generator=generator) < 0.5, x.flip(-2), x)
     if "gamma" in augment:
         if complex_data:
-            raise ValueError("the gamma augmentation applies to magnitude images only")
+            raise ConfigError("the gamma augmentation applies to magnitude images only")
         gamma = torch.exp(0.3 * (2 * torch.rand(shape, generator=generator) - 1))
         x = x.clamp_min(0) ** gamma
     if "intensity" in augment:
@@ -442,7 +443,7 @@ def check_augment(augment) -> tuple[str, ...]:
     augment = tuple(augment)
     unknown = sorted(set(augment) - set(AUGMENTATIONS))
     if unknown:
-        raise ValueError(f"unknown augmentations {unknown}; choose from {AUGMENTATIONS}")
+        raise ConfigError(f"unknown augmentations {unknown}; choose from {AUGMENTATIONS}")
     return augment
 
 
@@ -488,7 +489,7 @@ def file_data(config) -> TrainingData:
     train_idx, val_idx = split_units(len(units), config.val_fraction, config.seed)
     train = torch.cat([units[i].slices for i in train_idx])
     if train.shape[0] == 0:
-        raise ValueError("no training slices left (lower --min-foreground?)")
+        raise DataError("no training slices left (lower --min-foreground?)")
     val = torch.cat([units[i].slices for i in val_idx]) if val_idx else None
     physical_range = (-1.0, 1.0) if complex_data else (0.0, 1.0)
     window = list(config.window) if config.window else None
@@ -535,7 +536,7 @@ def ellipse_data(config) -> TrainingData:
     from ..phantoms import random_ellipses
 
     if config.representation != "magnitude" or tuple(config.augment):
-        raise ValueError("the ellipses source takes no --augment and no --representation complex")
+        raise ConfigError("the ellipses source takes no --augment and no --representation complex")
 
     def sample(batch, generator):
         return random_ellipses(batch, config.size, generator)
@@ -625,7 +626,7 @@ def mni152_data(config) -> TrainingData:
     the flip and intensity augmentations.
     """
     if config.representation != "magnitude":
-        raise ValueError("the mni152 source is magnitude only")
+        raise ConfigError("the mni152 source is magnitude only")
     augment = check_augment(config.augment)
     units = mni152_volumes(tuple(config.percentiles))
     min_fg = max(config.min_foreground, 0.15)
@@ -672,7 +673,7 @@ def mni152_data(config) -> TrainingData:
 def build(config) -> TrainingData:
     """The ``TrainingData`` of a ``TrainConfig``'s ``data`` (``ellipses``, ``mni152`` or files)."""
     if config.representation not in ("magnitude", "complex"):
-        raise ValueError(f"representation must be 'magnitude' or 'complex', got {config.representation!r}")
+        raise ConfigError(f"representation must be 'magnitude' or 'complex', got {config.representation!r}")
     if config.data == "ellipses":
         return ellipse_data(config)
     if config.data == "mni152":

@@ -31,6 +31,7 @@ import os
 from pathlib import Path
 
 import torch
+from ..errors import CheckpointError, ConfigError, UnknownOptionError
 
 from .adapters import make_denoiser
 from .base import Prior, PriorCard
@@ -79,7 +80,7 @@ def resolve(name_or_path: str | Path) -> Path:
 def build_network(card: PriorCard) -> torch.nn.Module:
     arch = card.metadata.get("architecture")
     if arch not in ARCHITECTURES:
-        raise ValueError(f"prior {card.name!r} names architecture {arch!r}; this loader knows {sorted(ARCHITECTURES)}")
+        raise CheckpointError(f"prior {card.name!r} names architecture {arch!r}; this loader knows {sorted(ARCHITECTURES)}")
     from .unet import UNet
 
     return UNet(**card.metadata["network"])
@@ -102,7 +103,7 @@ def load_state_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], sour
         parts = [f"{label} ({len(items)}): {', '.join(items[:10])}{' ...' if len(items) > 10 else ''}"
                  for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes))
                  if items]
-        raise ValueError(f"weights in {source} do not match {what}; " + "; ".join(parts))
+        raise CheckpointError(f"weights in {source} do not match {what}; " + "; ".join(parts))
     if assign:  # keep each parameter's dtype (checkpoints may be stored in fp16)
         state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
     net.load_state_dict(state, strict=not ignore_missing, assign=assign)
@@ -118,11 +119,11 @@ def _load_invsolve(folder: Path, verify: bool = True, sha256_expected: str | Non
     try:
         card = PriorCard.from_dict(json.loads(card_path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"{card_path} is not a valid prior card: {err}") from err
+        raise CheckpointError(f"{card_path} is not a valid prior card: {err}") from err
     expected_hash = card.metadata.get("sha256")
     if verify and expected_hash and sha256(weights_path) != expected_hash:
-        raise ValueError(f"{weights_path} does not match the sha256 recorded in its card (corrupted or replaced file); "
-                         "restore the file or pass verify=False")
+        raise CheckpointError(f"{weights_path} does not match the sha256 recorded in its card (corrupted or replaced file); "
+                              "restore the file or pass verify=False")
     check_sha256(weights_path, sha256_expected)
     state = read_safetensors(weights_path)  # CorruptCheckpointError (a ValueError) if truncated or corrupted
     net = build_network(card)
@@ -165,8 +166,8 @@ def detect_format(path: Path, obj=None) -> str:
         found = detect(path)
         if found:
             return found
-        raise ValueError(f"{path}: unknown prior folder (no card.json, model_index.json, or diffusers config.json "
-                         f"naming UNet2DModel); pass format= one of {FORMATS}")
+        raise CheckpointError(f"{path}: unknown prior folder (no card.json, model_index.json, or diffusers config.json "
+                              f"naming UNet2DModel); pass format= one of {FORMATS}")
     if isinstance(obj, dict):
         if is_score_sde(obj):
             return "score_sde"
@@ -176,10 +177,10 @@ def detect_format(path: Path, obj=None) -> str:
             if is_edm_state(obj):
                 return "edm"
         keys = list(obj)[:8]
-        raise ValueError(f"{path}: unknown architecture (first keys: {keys}); known checkpoint layouts: guided-diffusion "
-                         "ADM, score_sde NCSN++, EDM SongUNet, diffusers folders, invsolve cards; pass format= if "
-                         "it is one of these")
-    raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint dict; pass format=")
+        raise CheckpointError(f"{path}: unknown architecture (first keys: {keys}); known checkpoint layouts: guided-diffusion "
+                              "ADM, score_sde NCSN++, EDM SongUNet, diffusers folders, invsolve cards; pass format= if "
+                              "it is one of these")
+    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint dict; pass format=")
 
 
 def load_prior(name_or_path: str | Path | None = None, device: str | torch.device = "cpu", verify: bool = True, *,
@@ -202,7 +203,7 @@ def load_prior(name_or_path: str | Path | None = None, device: str | torch.devic
     from .checkpoints.io import check_sha256, read_any
 
     if format is not None and format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; choose one of {FORMATS}")
+        raise ConfigError(f"unknown format {format!r}; choose one of {FORMATS}")
     path = Path(name_or_path) if name_or_path is not None else None
     if path is None or not path.exists():
         known = list_priors()
@@ -215,7 +216,7 @@ def load_prior(name_or_path: str | Path | None = None, device: str | torch.devic
                                         "from the Hugging Face Hub")
             path = _download(repo_id, filename, revision, cache_dir)
         elif name_or_path is None:
-            raise ValueError("give a prior name or path, or repo_id= with download=True")
+            raise ConfigError("give a prior name or path, or repo_id= with download=True")
         else:
             raise FileNotFoundError(
                 f"no prior named or found at {str(name_or_path)!r}; shipped and user priors: "
@@ -228,27 +229,27 @@ def load_prior(name_or_path: str | Path | None = None, device: str | torch.devic
         check_sha256(path, sha256)
         obj = read_any(path)
     elif sha256 and format not in (None, "invsolve") and not (path / "card.json").is_file():
-        raise ValueError("sha256= checks a single checkpoint file; for a folder check each file's sha256 yourself")
+        raise ConfigError("sha256= checks a single checkpoint file; for a folder check each file's sha256 yourself")
     fmt = format or detect_format(path, obj)
     accepted = OPTIONS[fmt]
     unknown = set(options) - accepted
     if unknown:
-        raise TypeError(f"format {fmt!r} does not take option(s) {sorted(unknown)}; it takes "
-                        f"{sorted(accepted) or 'none'} (plus format, sha256, download, repo_id, filename, revision, "
-                        "cache_dir, device, verify, name)")
+        raise UnknownOptionError(f"format {fmt!r} does not take option(s) {sorted(unknown)}; it takes "
+                                 f"{sorted(accepted) or 'none'} (plus format, sha256, download, repo_id, filename, revision, "
+                                 "cache_dir, device, verify, name)")
     if fmt == "invsolve":
         if not path.is_dir():
-            raise ValueError(f"format 'invsolve' is a folder with card.json and weights.safetensors, not the file {path}")
+            raise ConfigError(f"format 'invsolve' is a folder with card.json and weights.safetensors, not the file {path}")
         prior = _load_invsolve(path, verify=verify, sha256_expected=sha256, name=name)
     elif fmt in ("diffusers-unet", "diffusers-sd3"):
         if not path.is_dir():
-            raise ValueError(f"format {fmt!r} is a diffusers folder, not the file {path}")
+            raise ConfigError(f"format {fmt!r} is a diffusers folder, not the file {path}")
         from .checkpoints import diffusers as hf
 
         prior = hf.load_unet(path, name=name, **options) if fmt == "diffusers-unet" else hf.load_sd3(path, name=name, **options)
     else:
         if obj is None:
-            raise ValueError(f"format {fmt!r} is a checkpoint file, not the folder {path}")
+            raise ConfigError(f"format {fmt!r} is a checkpoint file, not the folder {path}")
         if fmt == "adm":
             from .checkpoints.adm import load_adm
             from .checkpoints.io import check_finite, tensors_only

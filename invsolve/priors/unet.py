@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import ConfigError, DataError
+
 
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(8, channels), channels)
@@ -85,7 +87,7 @@ class UNet(nn.Module):
                  emb_dim: int = 128, dims: int = 2):
         super().__init__()
         if dims not in (2, 3):
-            raise ValueError(f"dims must be 2 or 3, got {dims}")
+            raise ConfigError(f"dims must be 2 or 3, got {dims}")
         self.config = dict(in_channels=in_channels, out_channels=out_channels or in_channels,
                            channels=list(channels), attention=list(attention), emb_dim=emb_dim, dims=dims)
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
@@ -118,7 +120,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         factor = 2 ** (self.levels - 1)
         if any(s % factor for s in x.shape[2:]):
-            raise ValueError(f"UNet input size {tuple(x.shape[2:])} must be divisible by {factor}")
+            raise DataError(f"UNet input size {tuple(x.shape[2:])} must be divisible by {factor}")
         emb = self.emb_mlp(self.embed(c_noise.reshape(-1).expand(x.shape[0]).to(x.dtype)))
         h = self.stem(x)
         skips = []

@@ -25,6 +25,7 @@ from torch import nn
 from ..adapters import DDPMSchedule, make_denoiser
 from ..base import Prior, PriorCard
 
+from ...errors import CheckpointError, ConfigError
 # guided-diffusion create_model arguments of the two official checkpoints.
 OFFICIAL = {
     "ffhq256": dict(image_size=256, num_channels=128, num_res_blocks=1, channel_mult=(1, 1, 2, 2, 4, 4),
@@ -50,19 +51,19 @@ def is_adm_state(state: dict) -> bool:
 def _normalise_config(config: dict[str, Any]) -> dict[str, Any]:
     unknown = set(config) - CONFIG_KEYS
     if unknown:
-        raise ValueError(f"unknown ADM config keys {sorted(unknown)}; known (guided-diffusion create_model "
-                         f"arguments): {sorted(CONFIG_KEYS)}")
+        raise ConfigError(f"unknown ADM config keys {sorted(unknown)}; known (guided-diffusion create_model "
+                          f"arguments): {sorted(CONFIG_KEYS)}")
     cfg = dict(in_channels=3, num_heads=4, num_head_channels=-1, num_heads_upsample=-1, learn_sigma=True,
                use_scale_shift_norm=True, resblock_updown=False, use_new_attention_order=False, dropout=0.0,
                attention_resolutions="16", channel_mult="")
     cfg.update(config)
     if "image_size" not in cfg or "num_channels" not in cfg or "num_res_blocks" not in cfg:
-        raise ValueError("an ADM config needs at least image_size, num_channels and num_res_blocks")
+        raise ConfigError("an ADM config needs at least image_size, num_channels and num_res_blocks")
     mult = cfg["channel_mult"]
     if mult in ("", None):  # guided-diffusion's defaults by image size
         defaults = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
         if cfg["image_size"] not in defaults:
-            raise ValueError(f"no default channel_mult for image_size {cfg['image_size']}; pass channel_mult")
+            raise ConfigError(f"no default channel_mult for image_size {cfg['image_size']}; pass channel_mult")
         mult = defaults[cfg["image_size"]]
     elif isinstance(mult, str):
         mult = tuple(float(m) if "." in m else int(m) for m in mult.split(","))
@@ -189,17 +190,17 @@ def load_adm(state: dict[str, torch.Tensor], source: Path, config: str | dict | 
     from ..loaders import load_state_strict
 
     if "label_emb.weight" in state:
-        raise ValueError(f"{source} is a class-conditional ADM (it holds label_emb.weight); invsolve loads the "
-                         "unconditional ones (e.g. 256x256_diffusion_uncond.pt, ffhq_10m.pt)")
+        raise CheckpointError(f"{source} is a class-conditional ADM (it holds label_emb.weight); invsolve loads the "
+                              "unconditional ones (e.g. 256x256_diffusion_uncond.pt, ffhq_10m.pt)")
     if config is None:
         config = official_name(state)
         if config is None:
-            raise ValueError(f"{source}: ADM UNet of width {state['input_blocks.0.0.weight'].shape[0]} is not one of "
-                             f"the official configurations {sorted(OFFICIAL)}; pass config={{...}} with "
-                             "guided-diffusion's create_model arguments (image_size, num_channels, num_res_blocks, ...)")
+            raise CheckpointError(f"{source}: ADM UNet of width {state['input_blocks.0.0.weight'].shape[0]} is not one of "
+                                  f"the official configurations {sorted(OFFICIAL)}; pass config={{...}} with "
+                                  "guided-diffusion's create_model arguments (image_size, num_channels, num_res_blocks, ...)")
     if isinstance(config, str):
         if config not in OFFICIAL:
-            raise ValueError(f"unknown ADM configuration {config!r}; choose one of {sorted(OFFICIAL)} or pass a dict")
+            raise ConfigError(f"unknown ADM configuration {config!r}; choose one of {sorted(OFFICIAL)} or pass a dict")
         cfg = _normalise_config(OFFICIAL[config])
         net = build_official(config, cfg["in_channels"])
         load_state_strict(net, state, str(source), ignore_missing=DIFFUNET_BUFFERS, assign=True,

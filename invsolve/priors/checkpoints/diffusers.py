@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...errors import CheckpointError, ConfigError
 from ..adapters import DDPMSchedule, make_denoiser
 from ..base import Prior, PriorCard
 
@@ -64,7 +65,7 @@ def read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not a readable JSON file: {err}") from None
+        raise CheckpointError(f"{path} is not a readable JSON file: {err}") from None
 
 
 def detect(folder: Path) -> str | None:
@@ -93,13 +94,13 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
         if fname.endswith(".index.json"):
             index = read_json(path).get("weight_map")
             if not isinstance(index, dict):
-                raise ValueError(f"{path} has no 'weight_map'")
+                raise CheckpointError(f"{path} has no 'weight_map'")
             state: dict[str, torch.Tensor] = {}
             for shard in sorted(set(index.values())):
                 state.update(read_safetensors(folder / shard))
             missing = sorted(set(index) - set(state))
             if missing:
-                raise ValueError(f"{path}: shards lack {len(missing)} indexed tensors: {', '.join(missing[:10])}")
+                raise CheckpointError(f"{path}: shards lack {len(missing)} indexed tensors: {', '.join(missing[:10])}")
             return state, path
         if fname.endswith(".safetensors"):
             return read_safetensors(path), path
@@ -120,8 +121,8 @@ def load_model(folder: Path, expected_class: str) -> tuple[nn.Module, dict[str, 
     config = read_json(config_path)
     cls_name = config.get("_class_name")
     if cls_name != expected_class:
-        raise ValueError(f"{config_path} describes {cls_name!r}; expected {expected_class!r} "
-                         f"(invsolve loads the diffusers classes {', '.join(MODEL_CLASSES)})")
+        raise CheckpointError(f"{config_path} describes {cls_name!r}; expected {expected_class!r} "
+                              f"(invsolve loads the diffusers classes {', '.join(MODEL_CLASSES)})")
     cls = getattr(diffusers, cls_name)
     state, weights_path = read_weights(folder)
     check_finite(state, str(weights_path))
@@ -144,8 +145,8 @@ def load_model(folder: Path, expected_class: str) -> tuple[nn.Module, dict[str, 
 def _component(folder: Path, name: str) -> Path:
     index = read_json(folder / "model_index.json")
     if name not in index:
-        raise ValueError(f"{folder}/model_index.json has no {name!r} component (components: "
-                         f"{', '.join(k for k in index if not k.startswith('_'))})")
+        raise CheckpointError(f"{folder}/model_index.json has no {name!r} component (components: "
+                              f"{', '.join(k for k in index if not k.startswith('_'))})")
     return folder / name
 
 
@@ -156,10 +157,10 @@ def schedule_from(config: dict[str, Any], source: str) -> tuple[DDPMSchedule, st
         raise NotImplementedError(f"{source}: ScoreSdeVeScheduler (score_sde VE models converted to diffusers) is "
                                   "not supported; load the original score_sde checkpoint with format='score_sde'")
     if cls not in VP_SCHEDULERS:
-        raise ValueError(f"{source}: scheduler {cls!r} is not a DDPM-family (VP) scheduler; known: {', '.join(VP_SCHEDULERS)}")
+        raise CheckpointError(f"{source}: scheduler {cls!r} is not a DDPM-family (VP) scheduler; known: {', '.join(VP_SCHEDULERS)}")
     prediction = config.get("prediction_type", "epsilon")
     if prediction not in PREDICTION:
-        raise ValueError(f"{source}: prediction_type {prediction!r} not supported; known: {sorted(PREDICTION)}")
+        raise CheckpointError(f"{source}: prediction_type {prediction!r} not supported; known: {sorted(PREDICTION)}")
     diffusers = _diffusers()
     keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
     ddpm = diffusers.DDPMScheduler(**{k: config[k] for k in keys if config.get(k) is not None})
@@ -193,18 +194,18 @@ def load_unet(folder: Path, scheduler: dict[str, Any] | str | Path | None = None
         if scheduler is None and (folder / "scheduler_config.json").is_file():
             scheduler = folder / "scheduler_config.json"
     if scheduler is None:
-        raise ValueError(f"{folder} is a bare UNet2DModel folder without a scheduler config: pass scheduler=<path to "
-                         "scheduler_config.json> or a dict (beta_schedule, beta_start, beta_end, num_train_timesteps, "
-                         "prediction_type), or load the pipeline folder holding model_index.json")
+        raise CheckpointError(f"{folder} is a bare UNet2DModel folder without a scheduler config: pass scheduler=<path to "
+                              "scheduler_config.json> or a dict (beta_schedule, beta_start, beta_end, num_train_timesteps, "
+                              "prediction_type), or load the pipeline folder holding model_index.json")
     sched_cfg = dict(scheduler) if isinstance(scheduler, dict) else read_json(Path(scheduler))
     schedule, parameterization, summary = schedule_from(sched_cfg, str(scheduler if not isinstance(scheduler, dict) else "scheduler"))
     unet, config, weights_path = load_model(unet_dir, "UNet2DModel")
     in_ch, out_ch = int(config.get("in_channels", 3)), int(config.get("out_channels", 3))
     if out_ch not in (in_ch, 2 * in_ch):
-        raise ValueError(f"{unet_dir}: out_channels {out_ch} is neither in_channels {in_ch} nor 2x (learned variance)")
+        raise CheckpointError(f"{unet_dir}: out_channels {out_ch} is neither in_channels {in_ch} nor 2x (learned variance)")
     size = config.get("sample_size")
     if size is None:
-        raise ValueError(f"{unet_dir}/config.json has no sample_size")
+        raise CheckpointError(f"{unet_dir}/config.json has no sample_size")
     spatial = tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size))
     card = PriorCard(
         name=name or folder.name, kind="diffusion", parameterization=parameterization, shape=(in_ch, *spatial),
@@ -225,7 +226,7 @@ def _tensor(value: Any, what: str) -> torch.Tensor | None:
 
         data = read_safetensors(value)
         if what not in data:
-            raise ValueError(f"{value} has no tensor named {what!r} (it holds {sorted(data)})")
+            raise ConfigError(f"{value} has no tensor named {what!r} (it holds {sorted(data)})")
         return data[what]
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{what} must be a tensor or a safetensors file holding one, got {type(value).__name__}")
@@ -301,8 +302,8 @@ def load_sd3(folder: Path, prompt_embeds=None, pooled_prompt_embeds=None, negati
     sched_path = _component(folder, "scheduler") / "scheduler_config.json"
     sched = read_json(sched_path)
     if sched.get("_class_name") != "FlowMatchEulerDiscreteScheduler":
-        raise ValueError(f"{sched_path}: scheduler {sched.get('_class_name')!r} is not FlowMatchEulerDiscreteScheduler; "
-                         "invsolve loads SD3-class rectified-flow pipelines")
+        raise CheckpointError(f"{sched_path}: scheduler {sched.get('_class_name')!r} is not FlowMatchEulerDiscreteScheduler; "
+                              "invsolve loads SD3-class rectified-flow pipelines")
     transformer, t_cfg, t_weights = load_model(_component(folder, "transformer"), "SD3Transformer2DModel")
     vae, v_cfg, v_weights = load_model(_component(folder, "vae"), "AutoencoderKL")
     embeds = _tensor(prompt_embeds, "prompt_embeds")
@@ -312,10 +313,10 @@ def load_sd3(folder: Path, prompt_embeds=None, pooled_prompt_embeds=None, negati
     joint, pooled_dim = int(t_cfg["joint_attention_dim"]), int(t_cfg["pooled_projection_dim"])
     if embeds is None or pooled is None:
         if not zero_conditioning:
-            raise ValueError("an SD3-class transformer is text-conditioned: pass prompt_embeds= (1, L, "
-                             f"{joint}) and pooled_prompt_embeds= (1, {pooled_dim}) from "
-                             "StableDiffusion3Pipeline.encode_prompt (tensors or a safetensors file), or "
-                             "zero_conditioning=True to feed zeros (this is not the empty prompt)")
+            raise ConfigError("an SD3-class transformer is text-conditioned: pass prompt_embeds= (1, L, "
+                              f"{joint}) and pooled_prompt_embeds= (1, {pooled_dim}) from "
+                              "StableDiffusion3Pipeline.encode_prompt (tensors or a safetensors file), or "
+                              "zero_conditioning=True to feed zeros (this is not the empty prompt)")
         embeds = torch.zeros(1, 1, joint) if embeds is None else embeds
         pooled = torch.zeros(1, pooled_dim) if pooled is None else pooled
     if embeds.ndim == 2:
@@ -323,11 +324,11 @@ def load_sd3(folder: Path, prompt_embeds=None, pooled_prompt_embeds=None, negati
     if pooled.ndim == 1:
         pooled = pooled[None]
     if embeds.shape[-1] != joint or pooled.shape[-1] != pooled_dim:
-        raise ValueError(f"prompt embeddings of shapes {tuple(embeds.shape)} and {tuple(pooled.shape)} do not fit "
-                         f"the transformer (joint_attention_dim {joint}, pooled_projection_dim {pooled_dim})")
+        raise ConfigError(f"prompt embeddings of shapes {tuple(embeds.shape)} and {tuple(pooled.shape)} do not fit "
+                          f"the transformer (joint_attention_dim {joint}, pooled_projection_dim {pooled_dim})")
     if guidance_scale != 1.0 and (neg is None or neg_pooled is None):
-        raise ValueError("guidance_scale != 1 needs negative_prompt_embeds= and negative_pooled_prompt_embeds= "
-                         "(classifier-free guidance)")
+        raise ConfigError("guidance_scale != 1 needs negative_prompt_embeds= and negative_pooled_prompt_embeds= "
+                          "(classifier-free guidance)")
     if neg is not None and neg.ndim == 2:
         neg = neg[None]
     if neg_pooled is not None and neg_pooled.ndim == 1:
@@ -337,11 +338,11 @@ def load_sd3(folder: Path, prompt_embeds=None, pooled_prompt_embeds=None, negati
     factor = 2 ** (len(v_cfg.get("block_out_channels", (1,))) - 1)
     latent_channels = int(t_cfg.get("in_channels", 16))
     if int(v_cfg.get("latent_channels", latent_channels)) != latent_channels:
-        raise ValueError(f"{folder}: VAE latent_channels {v_cfg.get('latent_channels')} != transformer in_channels "
-                         f"{latent_channels}")
+        raise CheckpointError(f"{folder}: VAE latent_channels {v_cfg.get('latent_channels')} != transformer in_channels "
+                              f"{latent_channels}")
     latent = int(image_size) // factor if image_size else int(t_cfg["sample_size"])
     if image_size and int(image_size) % (factor * int(t_cfg.get("patch_size", 1))):
-        raise ValueError(f"image_size {image_size} must be a multiple of {factor * int(t_cfg.get('patch_size', 1))}")
+        raise ConfigError(f"image_size {image_size} must be a multiple of {factor * int(t_cfg.get('patch_size', 1))}")
     t_min = 1.0 / steps  # the scheduler's smallest training time; t_max = 1 - t_min
     card = PriorCard(
         name=name or folder.name, kind="flow", parameterization="flow-velocity",

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...errors import CheckpointError, ConfigError
 from ..adapters import make_denoiser
 from ..base import Prior, PriorCard
 from .songunet import build_songunet, infer_config, parameter_count
@@ -67,8 +68,8 @@ def load_edm(state: dict[str, torch.Tensor], source: Path, config: dict[str, Any
         inferred = True
     else:
         if not isinstance(config, dict):
-            raise ValueError("EDM config must be a dict of SongUNet arguments (architecture, img_resolution, "
-                             "in_channels, model_channels, channel_mult, num_blocks, attn_resolutions, augment_dim)")
+            raise ConfigError("EDM config must be a dict of SongUNet arguments (architecture, img_resolution, "
+                              "in_channels, model_channels, channel_mult, num_blocks, attn_resolutions, augment_dim)")
         inferred = False
     check_finite(state, str(source))
     net = build_songunet(config, meta=True)
@@ -76,7 +77,7 @@ def load_edm(state: dict[str, torch.Tensor], source: Path, config: dict[str, Any
                       what=f"EDM SongUNet {'inferred from its keys' if inferred else 'of the config given'} {config}")
     leftover = [n for n, t in list(net.named_parameters()) + list(net.named_buffers()) if t.is_meta]
     if leftover:
-        raise ValueError(f"{source}: tensors not set by the file: {', '.join(leftover[:10])}")
+        raise CheckpointError(f"{source}: tensors not set by the file: {', '.join(leftover[:10])}")
     channels, size = int(config["in_channels"]), int(config["img_resolution"])
     card = PriorCard(
         name=name or source.stem, kind="diffusion", parameterization="edm", shape=(channels, size, size),

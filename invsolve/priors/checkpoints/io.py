@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ...errors import CheckpointError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(CheckpointError):
     """The file is a pickle that needs code (classes or functions) to load: refused."""
 
 
-class CorruptCheckpointError(ValueError):
+class CorruptCheckpointError(CheckpointError):
     """The file cannot be read: truncated, corrupted, or not a checkpoint at all."""
 
 
@@ -42,8 +43,8 @@ def check_sha256(path: Path, expected: str | None) -> None:
         return
     actual = sha256(path)
     if actual.lower() != expected.lower().strip():
-        raise ValueError(f"{path} has sha256 {actual}, expected {expected} (corrupted, truncated or replaced file); "
-                         "download it again or drop the sha256 option")
+        raise CheckpointError(f"{path} has sha256 {actual}, expected {expected} (corrupted, truncated or replaced file); "
+                              "download it again or drop the sha256 option")
 
 
 def _is_pickle_suffix(path: Path) -> bool:
@@ -106,16 +107,16 @@ def read_any(path: str | Path) -> Any:
 def tensors_only(state: Any, source: str) -> dict[str, torch.Tensor]:
     """Check that ``state`` is a flat ``{name: tensor}`` dict."""
     if not isinstance(state, dict) or not state:
-        raise ValueError(f"{source} does not hold a state dict (a mapping of names to tensors); found {type(state).__name__}")
+        raise CheckpointError(f"{source} does not hold a state dict (a mapping of names to tensors); found {type(state).__name__}")
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"{source}: entries that are not tensors: {', '.join(map(str, bad[:10]))}"
-                         f"{' ...' if len(bad) > 10 else ''}; pass the state dict itself (or choose format=...)")
+        raise CheckpointError(f"{source}: entries that are not tensors: {', '.join(map(str, bad[:10]))}"
+                              f"{' ...' if len(bad) > 10 else ''}; pass the state dict itself (or choose format=...)")
     return state
 
 
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise ValueError(f"{source}: tensors with NaN or infinite values (corrupted file?): "
-                         f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}")
+        raise CheckpointError(f"{source}: tensors with NaN or infinite values (corrupted file?): "
+                              f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}")

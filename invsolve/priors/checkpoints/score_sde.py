@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...errors import CheckpointError, ConfigError
 from ..adapters import make_denoiser
 from ..base import Prior, PriorCard
 from .songunet import build_songunet, parameter_count
@@ -73,14 +74,14 @@ def normalise_config(config: str | dict[str, Any] | None) -> dict[str, Any]:
         config = "aapm256"
     if isinstance(config, str):
         if config not in OFFICIAL:
-            raise ValueError(f"unknown score_sde configuration {config!r}; choose one of {sorted(OFFICIAL)} or pass "
-                             "a dict of score_sde config fields (image_size, num_channels, nf, ch_mult, ...)")
+            raise ConfigError(f"unknown score_sde configuration {config!r}; choose one of {sorted(OFFICIAL)} or pass "
+                              "a dict of score_sde config fields (image_size, num_channels, nf, ch_mult, ...)")
         return dict(OFFICIAL[config])
     cfg = dict(AAPM256)
     known = set(AAPM256) | set(FIXED) | IGNORED
     unknown = set(config) - known
     if unknown:
-        raise ValueError(f"unknown score_sde config fields {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"unknown score_sde config fields {sorted(unknown)}; known: {sorted(known)}")
     for key, value in config.items():
         if key in FIXED:
             expected = FIXED[key]
@@ -196,7 +197,7 @@ def is_score_sde(obj: Any) -> bool:
 def _strip_module(state: dict[str, Any], source: str) -> dict[str, Any]:
     prefixed = [k.startswith("module.") for k in state]
     if any(prefixed) and not all(prefixed):
-        raise ValueError(f"{source}: some model keys have the DataParallel 'module.' prefix and some do not")
+        raise CheckpointError(f"{source}: some model keys have the DataParallel 'module.' prefix and some do not")
     return {k[len("module."):]: v for k, v in state.items()} if all(prefixed) else dict(state)
 
 
@@ -226,8 +227,8 @@ def load_score_sde(obj: Any, source: Path, config: str | dict | None = None, ema
     if isinstance(obj, dict) and "model" in obj:
         extra = sorted(set(obj) - {"model", "ema", "optimizer", "step"})
         if extra:
-            raise ValueError(f"{source}: unexpected top-level entries {extra}; a score_sde checkpoint holds "
-                             "'model', 'ema', 'optimizer' and 'step'")
+            raise CheckpointError(f"{source}: unexpected top-level entries {extra}; a score_sde checkpoint holds "
+                                  "'model', 'ema', 'optimizer' and 'step'")
         model_state = _strip_module(tensors_only(obj["model"], f"{source} ['model']"), str(source))
         meta["step"] = int(obj["step"]) if isinstance(obj.get("step"), (int, torch.Tensor)) else None
         ema_state = obj.get("ema")
@@ -247,32 +248,32 @@ def load_score_sde(obj: Any, source: Path, config: str | dict | None = None, ema
         parts = [f"{label} ({len(items)}): {', '.join(items[:10])}{' ...' if len(items) > 10 else ''}"
                  for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
                                       ("wrong shapes", wrong)) if items]
-        raise ValueError(f"weights in {source} do not match score_sde NCSN++ with config "
-                         f"{ {k: cfg[k] for k in ('image_size', 'num_channels', 'nf', 'ch_mult', 'num_res_blocks', 'attn_resolutions')} }; "
-                         + "; ".join(parts) + "; pass config={...} with the checkpoint's score_sde config fields")
+        raise CheckpointError(f"weights in {source} do not match score_sde NCSN++ with config "
+                              f"{ {k: cfg[k] for k in ('image_size', 'num_channels', 'nf', 'ch_mult', 'num_res_blocks', 'attn_resolutions')} }; "
+                              + "; ".join(parts) + "; pass config={...} with the checkpoint's score_sde config fields")
     order = [n for n in model_state if n in shapes]
     if order != list(shapes):
-        raise ValueError(f"{source}: parameters are not stored in score_sde NCSN++ registration order, so the EMA "
-                         "list (stored in that order) cannot be matched to names; refusing to guess")
+        raise CheckpointError(f"{source}: parameters are not stored in score_sde NCSN++ registration order, so the EMA "
+                              "list (stored in that order) cannot be matched to names; refusing to guess")
     params = {n: model_state[n] for n in shapes}
     if ema:
         if ema_state is None:
-            raise ValueError(f"{source} holds no EMA weights ('ema' entry); pass ema=False to use the raw "
-                             "training weights of 'model' instead")
+            raise CheckpointError(f"{source} holds no EMA weights ('ema' entry); pass ema=False to use the raw "
+                                  "training weights of 'model' instead")
         if not isinstance(ema_state, dict) or not isinstance(ema_state.get("shadow_params"), (list, tuple)):
-            raise ValueError(f"{source}: 'ema' is not a score_sde ExponentialMovingAverage state "
-                             "(a dict with 'decay', 'num_updates' and the list 'shadow_params')")
+            raise CheckpointError(f"{source}: 'ema' is not a score_sde ExponentialMovingAverage state "
+                                  "(a dict with 'decay', 'num_updates' and the list 'shadow_params')")
         shadow = list(ema_state["shadow_params"])
         names = [n for n in shapes if trainable(n)]
         if len(shadow) != len(names):
-            raise ValueError(f"{source}: the EMA holds {len(shadow)} tensors but score_sde NCSN++ with this config has "
-                             f"{len(names)} trainable parameters; the file belongs to another configuration")
+            raise CheckpointError(f"{source}: the EMA holds {len(shadow)} tensors but score_sde NCSN++ with this config has "
+                                  f"{len(names)} trainable parameters; the file belongs to another configuration")
         bad = [f"#{i} {n}: ema {tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__} vs model {shapes[n]}"
                for i, (n, t) in enumerate(zip(names, shadow))
                if not isinstance(t, torch.Tensor) or tuple(t.shape) != shapes[n]]
         if bad:
-            raise ValueError(f"{source}: EMA tensors do not match the parameters in order ({len(bad)}): "
-                             + ", ".join(bad[:10]))
+            raise CheckpointError(f"{source}: EMA tensors do not match the parameters in order ({len(bad)}): "
+                                  + ", ".join(bad[:10]))
         params.update(zip(names, shadow))
         meta["ema"] = {"decay": float(ema_state.get("decay", float("nan"))),
                        "num_updates": ema_state.get("num_updates")}
@@ -282,8 +283,8 @@ def load_score_sde(obj: Any, source: Path, config: str | dict | None = None, ema
         file_max, file_min = float(sigmas[0]), float(sigmas[-1])
         if user_sigmas and (abs(file_max - cfg["sigma_max"]) > 1e-3 * file_max or
                             abs(file_min - cfg["sigma_min"]) > 1e-3 * file_min):
-            raise ValueError(f"{source}: its sigma table spans [{file_min:g}, {file_max:g}] but config gives "
-                             f"[{cfg['sigma_min']:g}, {cfg['sigma_max']:g}]")
+            raise CheckpointError(f"{source}: its sigma table spans [{file_min:g}, {file_max:g}] but config gives "
+                                  f"[{cfg['sigma_min']:g}, {cfg['sigma_max']:g}]")
         cfg["sigma_min"], cfg["sigma_max"] = file_min, file_max
         meta["sigma_range_from"] = "the file's 'sigmas' buffer"
     state = to_edm(params, cfg, edm_state)

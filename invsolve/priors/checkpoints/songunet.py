@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 ARCHITECTURES = ("ncsnpp", "ddpmpp")  # deepinv NCSNpp model_type "ncsn" / "ddpm"
+from ...errors import CheckpointError, ConfigError
+
 CONFIG_KEYS = {"architecture", "img_resolution", "in_channels", "out_channels", "model_channels", "channel_mult",
                "channel_mult_emb", "num_blocks", "attn_resolutions", "augment_dim"}
 
@@ -33,7 +35,7 @@ def fix_group_norms(net: nn.Module) -> None:
         if isinstance(module, nn.GroupNorm):
             groups = min(32, module.num_channels // 4)
             if groups < 1 or module.num_channels % groups:
-                raise ValueError(f"GroupNorm over {module.num_channels} channels cannot use min(32, C//4) = {groups} groups")
+                raise ConfigError(f"GroupNorm over {module.num_channels} channels cannot use min(32, C//4) = {groups} groups")
             module.num_groups = groups
 
 
@@ -41,14 +43,14 @@ def build_songunet(config: dict[str, Any], meta: bool = False) -> nn.Module:
     """deepinv ``NCSNpp`` for a SongUNet ``config`` (keys of :data:`CONFIG_KEYS`), in eval mode."""
     unknown = set(config) - CONFIG_KEYS
     if unknown:
-        raise ValueError(f"unknown SongUNet config keys {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
+        raise ConfigError(f"unknown SongUNet config keys {sorted(unknown)}; known: {sorted(CONFIG_KEYS)}")
     cfg = dict(config)
     arch = cfg.pop("architecture", "ncsnpp")
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown SongUNet architecture {arch!r}; choose one of {ARCHITECTURES}")
+        raise ConfigError(f"unknown SongUNet architecture {arch!r}; choose one of {ARCHITECTURES}")
     for key in ("img_resolution", "in_channels", "model_channels", "channel_mult", "num_blocks"):
         if key not in cfg:
-            raise ValueError(f"a SongUNet config needs {key!r} (given: {sorted(config)})")
+            raise ConfigError(f"a SongUNet config needs {key!r} (given: {sorted(config)})")
     cfg.setdefault("out_channels", cfg["in_channels"])
     cfg.setdefault("attn_resolutions", (16,))
     cfg.setdefault("augment_dim", 0)
@@ -73,11 +75,11 @@ def infer_config(state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
     """
     convs = [k for k in state if re.fullmatch(r"enc\.(\d+)x\1_conv\.weight", k)]
     if len(convs) != 1:
-        raise ValueError(f"{source}: not a SongUNet (NCSN++/DDPM++) state dict: expected one 'enc.RxR_conv.weight', "
-                         f"found {convs or 'none'}; pass config={{...}}")
+        raise CheckpointError(f"{source}: not a SongUNet (NCSN++/DDPM++) state dict: expected one 'enc.RxR_conv.weight', "
+                              f"found {convs or 'none'}; pass config={{...}}")
     if any(k.startswith("map_label") for k in state):
-        raise ValueError(f"{source} is a class-conditional network (it holds map_label.*); invsolve loads "
-                         "unconditional ones")
+        raise CheckpointError(f"{source} is a class-conditional network (it holds map_label.*); invsolve loads "
+                              "unconditional ones")
     resolution = int(convs[0].split(".")[1].split("x")[0])
     model_channels, in_channels = state[convs[0]].shape[:2]
     levels: dict[int, dict[int, int]] = {}
@@ -86,20 +88,20 @@ def infer_config(state: dict[str, torch.Tensor], source: str) -> dict[str, Any]:
         if m:
             levels.setdefault(int(m.group(1)), {})[int(m.group(2))] = state[key].shape[0]
     if not levels:
-        raise ValueError(f"{source}: no encoder blocks 'enc.RxR_blockN' found; pass config={{...}}")
+        raise CheckpointError(f"{source}: no encoder blocks 'enc.RxR_blockN' found; pass config={{...}}")
     resolutions = sorted(levels, reverse=True)
     num_blocks = len(levels[resolutions[0]])
     channel_mult = []
     for res in resolutions:
         width = levels[res][max(levels[res])]
         if width % model_channels:
-            raise ValueError(f"{source}: width {width} at {res}x{res} is not a multiple of {model_channels}")
+            raise CheckpointError(f"{source}: width {width} at {res}x{res} is not a multiple of {model_channels}")
         channel_mult.append(width // model_channels)
     attn = sorted({int(m.group(1)) for k in state
                    if (m := re.fullmatch(r"enc\.(\d+)x\1_block\d+\.qkv\.weight", k))}, reverse=True)
     out_key = f"dec.{resolution}x{resolution}_aux_conv.weight"
     if out_key not in state:
-        raise ValueError(f"{source}: missing {out_key}; not a SongUNet with a standard decoder; pass config={{...}}")
+        raise CheckpointError(f"{source}: missing {out_key}; not a SongUNet with a standard decoder; pass config={{...}}")
     config = dict(architecture="ncsnpp" if "map_noise.freqs" in state else "ddpmpp", img_resolution=resolution,
                   in_channels=int(in_channels), out_channels=int(state[out_key].shape[0]),
                   model_channels=int(model_channels), channel_mult=tuple(channel_mult), num_blocks=num_blocks,
