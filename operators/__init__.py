@@ -8,13 +8,15 @@ and is listed by ``names()`` under the entry point's name.
 
 from __future__ import annotations
 
+from importlib import import_module
+from importlib.metadata import entry_points
 from typing import Callable
 
 from deepinv.physics import Physics
 
-ENTRY_POINT_GROUP = "invsolve.operators"
-
 from .errors import ConfigError, UnknownNameError, UnknownOptionError
+
+ENTRY_POINT_GROUP = "invsolve.operators"
 
 _REGISTRY: dict[str, Callable[..., Physics]] = {}
 _DOCS: dict[str, str] = {}
@@ -29,8 +31,6 @@ def register(name: str, factory: Callable[..., Physics], doc: str = "", overwrit
 
 
 def _load_entry_points() -> None:
-    from importlib.metadata import entry_points
-
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in _REGISTRY:
             _REGISTRY[ep.name] = ep.load()
@@ -63,17 +63,15 @@ def _builder(module: str, function: str, **fixed) -> Callable[..., Physics]:
         clash = sorted(set(fixed) & set(params))
         if clash:
             raise UnknownOptionError(f"this preset fixes {clash}; use the base operator to choose them")
-        from importlib import import_module
-
         return getattr(import_module(f".{module}", __name__), function)(**params, **fixed)
     return factory
 
 
-register("ct", _builder("ct", "make_ct"),
-         "2D parallel-beam CT (torch Joseph projector, exact adjoint, FBP pseudo-inverse; backend='astra' for astra's CPU projectors); img_size, views, n_detectors")
-register("ct-fan", _builder("fanbeam", "make_fanbeam"),
-         "2D fan-beam CT, flat or curved detector, views over 360 deg (torch, exact adjoint, fan-beam FBP; backend='astra' for flat); img_size, views, source_distance, detector_distance")
-register("ct-sparse8", _builder("ct", "make_ct", views=8),
+register("ct", _builder("astra_backend", "make_ct"),
+         "2D parallel-beam CT (torch Joseph projector, exact adjoint, fbp(), least-squares A_dagger; backend='astra' for astra's CPU projectors); img_size, views, n_detectors")
+register("ct-fan", _builder("astra_backend", "make_fanbeam"),
+         "2D fan-beam CT, flat or curved detector, views over 360 deg (torch, exact adjoint, fan-beam fbp(), least-squares A_dagger; backend='astra' for flat); img_size, views, source_distance, detector_distance")
+register("ct-sparse8", _builder("astra_backend", "make_ct", views=8),
          "sparse-view CT preset: 8 views uniform over [0, 180) degrees, detector = image diagonal")
 register("mri", _builder("mri", "make_mri"),
          "Cartesian MRI, single coil or SENSE (CG pinv), 2D or 3D (three_d FFT or per slice); img_size, coils, mask_type, acceleration, seed")

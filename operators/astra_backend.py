@@ -26,12 +26,17 @@ that the two backends compute the same thing:
   inputs of any dtype/device are converted and the result is returned in the input's dtype and
   device. Forward and back-projection are each other's autograd backward, so the operator is
   differentiable; astra's BP is the transpose of its FP to float32 rounding.
-- ``A_dagger`` is the torch geometry's FBP (same geometry, computed in torch).
+- ``A_dagger`` is the least-squares solution (``operators.ct.LeastSquaresDagger``, CG on the normal
+  equations with astra's FP/BP); ``fbp`` is the torch geometry's FBP (same geometry, in torch).
 
 **3D cone beam (``ConeBeamCT``, CUDA only).** astra's 3D code runs only on a GPU and aborts the
 whole Python process when none is usable, so ``ConeBeamCT`` checks ``astra.use_cuda()`` (a 2D-safe
-query) before touching any 3D function and raises a ``RuntimeError`` otherwise. Its
-``A_dagger`` is astra's FDK (``FDK_CUDA``).
+query) before touching any 3D function and raises a ``RuntimeError`` otherwise. ``fdk`` is
+astra's FDK (``FDK_CUDA``); ``A_dagger`` is the least-squares solution, as for the 2D operators.
+
+**Backend switch.** ``make_ct`` and ``make_fanbeam`` (the registry's ``ct`` and ``ct-fan``) build the
+torch geometry and return it (``backend="torch"``) or ``AstraCT`` on it (``backend="astra"``):
+this module imports ``operators.ct`` and ``operators.fanbeam``, never the other way round.
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ import numpy as np
 import torch
 from deepinv.physics import LinearPhysics
 
+from .ct import LeastSquaresDagger, ParallelBeamCT, angles_from_views
 from .ct import _Backproject, _Project  # A and A^T as each other's autograd backward, via op._project/_backproject
+from .fanbeam import FanBeamCT
 
 PARALLEL_PROJECTORS = ("linear", "strip", "line")
 FAN_PROJECTORS = ("line_fanflat", "strip_fanflat")
@@ -69,11 +76,11 @@ def cuda_available() -> bool:
         return False
 
 
-class AstraCT(LinearPhysics):
+class AstraCT(LeastSquaresDagger, LinearPhysics):
     """2D CT projected by astra-toolbox's CPU projectors, on the geometry of a torch CT operator.
 
     :param geometry: a ``ParallelBeamCT`` or a flat-detector ``FanBeamCT``: image size, angles,
-        detector and distances are read from it, and its FBP is this operator's ``A_dagger``.
+        detector and distances are read from it, and its FBP is this operator's ``fbp``.
     :param projector: astra projector type: "linear" (default; Joseph, the torch model), "strip"
         or "line" for parallel beam; "strip_fanflat" or "line_fanflat" for fan beam ("strip" and
         "line" are accepted for fan beam and mapped to these).
@@ -81,9 +88,6 @@ class AstraCT(LinearPhysics):
 
     def __init__(self, geometry: LinearPhysics, projector: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        from .ct import ParallelBeamCT
-        from .fanbeam import FanBeamCT
-
         astra = import_astra()
         self.geometry = geometry
         self.img_shape = tuple(geometry.img_shape)
@@ -147,13 +151,13 @@ class AstraCT(LinearPhysics):
         self.geometry._check_sinogram(y)
         return _Backproject.apply(y, self)
 
-    def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        """The torch geometry's FBP (same geometry)."""
-        return self.geometry.A_dagger(y)
+    def fbp(self, y: torch.Tensor) -> torch.Tensor:
+        """The torch geometry's FBP (same geometry, computed in torch)."""
+        return self.geometry.fbp(y)
 
 
-class ConeBeamCT(LinearPhysics):
-    """3D cone-beam CT through astra-toolbox's CUDA code (``cone`` geometry), FDK as ``A_dagger``.
+class ConeBeamCT(LeastSquaresDagger, LinearPhysics):
+    """3D cone-beam CT through astra-toolbox's CUDA code (``cone`` geometry), FDK as ``fdk``.
 
     Volumes (B, C, D, H, W) (D slices along astra's z, H rows, W columns, unit voxels centred on
     the origin) give projections (B, C, views, det_rows, det_cols). astra's conventions apply:
@@ -177,8 +181,6 @@ class ConeBeamCT(LinearPhysics):
                  det_spacing: float | tuple[float, float] | None = None,
                  angular_range: tuple[float, float] = (0.0, 360.0), filter_type: str = "ram-lak", **kwargs):
         super().__init__(**kwargs)
-        from .ct import angles_from_views
-
         astra = import_astra()
         if not cuda_available():
             raise RuntimeError("3D cone-beam CT needs a CUDA GPU and astra-toolbox's CUDA build "
@@ -274,6 +276,29 @@ class ConeBeamCT(LinearPhysics):
         result = torch.from_numpy(np.stack(out))
         return result.to(device=y.device, dtype=y.dtype).reshape(*y.shape[:-3], *self.img_shape)
 
-    def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        """FDK (see ``fdk``)."""
-        return self.fdk(y)
+
+def _with_backend(geometry_class, backend: str, projector: str | None, params: dict) -> LinearPhysics:
+    """The one backend switch of the CT factories: ``geometry_class(**params)`` itself (torch) or
+    ``AstraCT`` on it (astra; ``projector=None`` takes ``AstraCT``'s default for the geometry)."""
+    if backend == "torch":
+        if projector is not None:
+            raise TypeError("projector= chooses an astra projector; pass backend='astra' with it")
+        return geometry_class(**params)
+    if backend == "astra":
+        geometry = geometry_class(**params)  # noise_model= (operators.noise) stays on the operator returned
+        return AstraCT(geometry, projector=projector, noise_model=geometry.noise_model)
+    raise ValueError(f"unknown CT backend {backend!r}; choose 'torch' or 'astra'")
+
+
+def make_ct(backend: str = "torch", projector: str | None = None, **params) -> LinearPhysics:
+    """2D parallel-beam CT: ``ParallelBeamCT(**params)`` (``backend="torch"``) or the same geometry
+    projected by astra-toolbox's CPU ``projector`` ("linear" by default, "strip" or "line";
+    ``backend="astra"``, needs ``pip install invsolve[astra]``)."""
+    return _with_backend(ParallelBeamCT, backend, projector, params)
+
+
+def make_fanbeam(backend: str = "torch", projector: str | None = None, **params) -> LinearPhysics:
+    """2D fan-beam CT: ``FanBeamCT(**params)`` (``backend="torch"``) or the same geometry projected
+    by astra-toolbox's CPU ``projector`` ("strip_fanflat" by default, or "line_fanflat"; flat
+    detector only; ``backend="astra"``, needs ``pip install invsolve[astra]``)."""
+    return _with_backend(FanBeamCT, backend, projector, params)

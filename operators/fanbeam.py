@@ -20,13 +20,13 @@ by default, adjoint exact to rounding. Every line is integrated across the whole
 image must lie between source and detector; the source must be outside the image's circumscribed
 circle.
 
-FBP (``fbp``, the ``A_dagger``) is the rebinning-free fan-beam filtered back-projection of
-Kak & Slaney, *Principles of Computerized Tomographic Imaging* (1988), section 3.4: for the flat
-detector, cosine pre-weighting ``D / sqrt(D^2 + s^2)`` on the detector rescaled to the origin,
-ramp filtering (factor 1/2 for a full turn) and back-projection weighted by ``1 / U^2``; for the
-curved detector, pre-weighting ``D cos(gamma)``, the modified kernel ``(gamma / sin gamma)^2 h / 2``
-and weight ``1 / L^2``. It assumes views uniform over a full 360 degrees (no Parker weights for
-short scans). The back-projection is pixel-driven (linear interpolation on the detector).
+FBP (``fbp``; ``A_dagger`` is the least-squares solve of ``operators.ct.LeastSquaresDagger``) is
+the rebinning-free fan-beam filtered back-projection of Kak & Slaney, *Principles of Computerized
+Tomographic Imaging* (1988), section 3.4: for the flat detector, cosine pre-weighting
+``D / sqrt(D^2 + s^2)`` on the detector rescaled to the origin, ramp filtering (factor 1/2 for a
+full turn) and back-projection weighted by ``1 / U^2``; for the curved detector, pre-weighting
+``D cos(gamma)``, the modified kernel ``(gamma / sin gamma)^2 h / 2`` and weight ``1 / L^2``. It
+assumes views uniform over a full 360 degrees (no Parker weights for short scans). The back-projection is pixel-driven (linear interpolation on the detector).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import math
 from typing import Sequence
 
 import torch
-from deepinv.physics import LinearPhysics
 
 from .ct import RayTransform, _image_shape, angles_from_views, angular_span, apply_filter, filter_size, \
     pixel_backprojection, ramp_filter, ramp_kernel, window_response
@@ -162,23 +161,3 @@ class FanBeamCT(RayTransform):
         back = pixel_backprojection(self.filter_sinogram(y), self.img_shape, self.angles, coordinate,
                                     float(position[0]), step, self.max_points)
         return back * (angular_span(self.angles, 2 * math.pi) / self.views)
-
-    def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        """Pseudo-inverse used by invsolve: fan-beam FBP (see ``fbp``)."""
-        return self.fbp(y)
-
-
-def make_fanbeam(backend: str = "torch", projector: str | None = None, **params) -> LinearPhysics:
-    """2D fan-beam CT: ``FanBeamCT(**params)`` (``backend="torch"``) or the same geometry projected
-    by astra-toolbox's CPU ``projector`` ("strip_fanflat" by default, or "line_fanflat"; flat
-    detector only; ``backend="astra"``, needs ``pip install invsolve[astra]``)."""
-    if backend == "torch":
-        if projector is not None:
-            raise TypeError("projector= chooses an astra projector; pass backend='astra' with it")
-        return FanBeamCT(**params)
-    if backend == "astra":
-        from .astra_backend import AstraCT
-
-        geometry = FanBeamCT(**params)  # noise_model= (operators.noise) stays on the operator returned
-        return AstraCT(geometry, projector=projector or "strip_fanflat", noise_model=geometry.noise_model)
-    raise ValueError(f"unknown CT backend {backend!r}; choose 'torch' or 'astra'")

@@ -2,7 +2,7 @@
 are collected), 2D and 3D, float32 and float64, through ``operators.testing.check_operator``:
 adjointness, linearity and vjp vs adjoint for linear operators; vjp vs autograd and the Taylor
 test for nonlinear ones; batch invariance for all; the pseudo-inverse on the range where
-``A_dagger`` is exact.
+``A_dagger`` is exact, and to a stated bound where it is an iterative least-squares solve (CT).
 
 ``CASES`` says, per name, how to make the operator small and which input it takes. A name missing
 from it gets the generic fallback (``img_size=16`` on (2, 1, 16, 16); ``img_size=8, dims=3`` on
@@ -33,9 +33,11 @@ class Case:
     no_2d: str | None = None         # why there is no 2D form (making it for an image must raise)
     too_large_3d: str | None = None  # why the 3D form is not checked here
     pinv_exact: bool = False         # A(A_dagger(A x)) == A x to rounding
+    pinv_tol: float | None = None    # enforced bound on ||A(A_dagger(A x)) - A x|| / ||A x|| (iterative A_dagger)
 
 
-CT = dict(params={"img_size": 16, "views": 5}, shape=(2, 1, 16, 16), shape_3d=(2, 1, 3, 16, 16))
+# CT's A_dagger is 50 CG iterations on the normal equations: 5e-3 to 7e-3 measured (FBP: 0.7 to 1)
+CT = dict(params={"img_size": 16, "views": 5}, shape=(2, 1, 16, 16), shape_3d=(2, 1, 3, 16, 16), pinv_tol=2e-2)
 MRI = dict(params={"img_size": 16}, shape=(2, 2, 16, 16), params_3d={"img_size": (3, 16, 16)},
            shape_3d=(2, 2, 3, 16, 16), pinv_exact=True)
 INPAINT = dict(params={"img_size": 12}, shape=(2, 1, 12, 12), params_3d={"img_size": 6, "dims": 3},
@@ -48,8 +50,8 @@ AVGPOOL = dict(params={}, shape=(2, 1, 16, 16), params_3d={"dims": 3}, shape_3d=
 
 CASES: dict[str, Case] = {
     "ct": Case(**CT),
-    "ct-fan": Case(params={"img_size": 16, "views": 6}, shape=(2, 1, 16, 16), shape_3d=(2, 1, 3, 16, 16)),
-    "ct-sparse8": Case(params={"img_size": 16}, shape=(2, 1, 16, 16), shape_3d=(2, 1, 3, 16, 16)),
+    "ct-fan": Case(**{**CT, "params": {"img_size": 16, "views": 6}}),
+    "ct-sparse8": Case(**{**CT, "params": {"img_size": 16}}),
     "mri": Case(**MRI),
     "mri-4x-equispaced": Case(**MRI),
     "mri-8x-random": Case(**MRI),
@@ -117,7 +119,7 @@ def test_operator_contract(name, dims, dtype):
     eps = torch.finfo(dtype).eps
     try:
         report = check_operator(physics, x, torch.Generator().manual_seed(0),
-                                pinv_tol=1e3 * eps if case.pinv_exact else None)
+                                pinv_tol=1e3 * eps if case.pinv_exact else case.pinv_tol)
     except Exception as err:
         if name in CASES:
             raise
@@ -126,7 +128,7 @@ def test_operator_contract(name, dims, dtype):
     assert report.ok, f"{name} ({dims}D, {dtype}) failed its contract:\n{report}"
     expected = {"adjointness", "linearity", "vjp_vs_adjoint"} if _is_linear(physics) else {"vjp_vs_autograd", "taylor"}
     assert expected | {"batch_invariance"} <= set(report.errors), report
-    if case.pinv_exact:
+    if case.pinv_exact or case.pinv_tol is not None:
         assert "pseudo_inverse" in report.errors and report.tolerances["pseudo_inverse"] < 1
 
 
