@@ -6,8 +6,22 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 
+import torch
+
+import operators
+
+from . import samplers
+from .demo import DemoConfig, format_table
+from .demo import run as run_demo
 from .errors import ConfigError, InvsolveError
+from .fastmri.commands import add_parsers as add_fastmri_parsers  # bench fastmri|report, fastmri synth
+from .priors.base import PriorCard
+from .priors.evaluation import evaluate_files, evaluate_prior, record_evaluation
+from .priors.loaders import list_priors, load_prior, resolve
+from .priors.training import TrainConfig
+from .priors.training import train as train_prior
 
 # what a bad input raises: invsolve's own family, the file errors, and the built-ins that library
 # code (and Python itself, for a bad keyword) still raises for an argument it cannot use
@@ -16,20 +30,16 @@ USER_ERRORS = (InvsolveError, FileNotFoundError, FileExistsError, IsADirectoryEr
 
 
 def _demo(args) -> int:
-    from .demo import DemoConfig, format_table, run
-
     config = DemoConfig(out=args.out, prior=args.prior, phantoms=args.phantoms, views=args.views,
                         sigma_y=args.sigma_y, samples=args.samples, steps=args.steps, zeta=args.zeta,
                         tv_lambda=args.tv_lambda, seed=args.seed, force=args.force, progress=not args.quiet)
-    result = run(config)
+    result = run_demo(config)
     print(format_table(result["summary"], config))
     print(f"\nwrote {config.out}/demo.png, NIfTI volumes and metrics.json")
     return 0
 
 
 def _train(args) -> int:
-    from .priors.training import TrainConfig, train
-
     config = TrainConfig(name=args.name, objective=args.objective, data=args.data, size=args.size, channels=tuple(args.channels),
                          attention=tuple(args.attention), batch=args.batch, steps=args.steps, lr=args.lr,
                          warmup=args.warmup, ema_decay=args.ema_decay, seed=args.seed,
@@ -40,7 +50,7 @@ def _train(args) -> int:
                          augment=tuple(args.augment), val_fraction=args.val_fraction, val_every=args.val_every,
                          val_images=args.val_images, val_sigmas=tuple(args.val_sigmas))
     run_dir = args.run_dir or f"runs/{args.name}"
-    out = train(config, run_dir, args.out or run_dir, progress=not args.quiet, max_seconds=args.max_seconds,
+    out = train_prior(config, run_dir, args.out or run_dir, progress=not args.quiet, max_seconds=args.max_seconds,
                 evaluate=not args.no_evaluate)
     if out is None:
         print(f"stopped after --max-seconds; run the same command again to resume from {run_dir}/checkpoint.pt")
@@ -65,12 +75,7 @@ def _format_evaluation(result: dict) -> str:
 
 
 def _evaluate(args) -> int:
-    from .priors.evaluation import evaluate_files, evaluate_prior, record_evaluation
-    from .priors.loaders import load_prior, resolve
-
     if args.threads:
-        import torch
-
         torch.set_num_threads(args.threads)
     if args.write_card and args.data and not args.tune_data:
         raise ConfigError("--write-card with --data needs --tune-data too (scans disjoint from the evaluated ones), "
@@ -91,26 +96,18 @@ def _evaluate(args) -> int:
 
 def _list(args) -> int:
     if args.what == "priors":
-        from .priors.loaders import list_priors
-
         for name, path in list_priors().items():
             card = _read_card(path)
             print(f"{name}\t{card.kind}/{card.parameterization}\t{'x'.join(map(str, card.shape))}\t{path}")
     elif args.what == "samplers":
-        from . import samplers
-
         print("\n".join(samplers.names()))
     else:
-        import operators
-
         for name in operators.names():
             print(f"{name}\t{operators.describe(name)}")
     return 0
 
 
 def _read_card(folder):
-    from .priors.base import PriorCard
-
     return PriorCard.from_dict(json.loads((folder / "card.json").read_text()))
 
 
@@ -146,10 +143,6 @@ def _card_lines(card, source: str, weights: str) -> list[str]:
 def _info(args) -> int:
     """A shipped or user prior's card; or, for a checkpoint in another format (or on the Hugging
     Face Hub with --repo-id and --download), the card its loader builds after loading it."""
-    from pathlib import Path
-
-    from .priors.loaders import list_priors, load_prior, resolve
-
     local = args.prior is not None and (Path(args.prior, "card.json").is_file() or args.prior in list_priors())
     if local and not (args.format or args.sha256 or args.repo_id):
         folder = resolve(args.prior)
@@ -207,9 +200,6 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .demo import DemoConfig
-    from .priors.training import TrainConfig
-
     parser = CommandParser(prog="invsolve", description="Posterior sampling for imaging inverse problems. A bad "
                            "input prints one line and exits with status 2 (--debug: the traceback); Ctrl-C exits with 130.")
     parser.set_defaults(debug=False)
@@ -317,9 +307,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="record the result in the prior's card.json (metadata.evaluation); weights untouched")
     ev.add_argument("--json", action="store_true", help="also print the full result as JSON")
     ev.set_defaults(func=_evaluate)
-
-    from .fastmri.commands import add_parsers as add_fastmri_parsers  # bench fastmri|report, fastmri synth
-
     add_fastmri_parsers(sub)
     return parser
 

@@ -16,6 +16,18 @@ import time
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+import operators as ops
+
+from .baselines import fbp, tv
+from .io import save_figure, save_nifti
+from .metrics import psnr, ssim
+from .phantoms import heldout_phantoms, shepp_logan
+from .priors import load_prior
+from .problem import Problem
+from .samplers import sample
 
 
 @dataclasses.dataclass
@@ -53,15 +65,12 @@ def finish_output(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
-def figure(truth, columns: dict[str, torch.Tensor], names: list[str]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def figure(truth, columns: dict[str, torch.Tensor], names: list[str]) -> Figure:
+    """A matplotlib ``Figure`` (no pyplot: no global backend or figure registry)."""
     titles = ["truth", *columns]
     rows = truth.shape[0]
-    fig, axes = plt.subplots(rows, len(titles), figsize=(2.0 * len(titles), 2.0 * rows), squeeze=False)
+    fig = Figure(figsize=(2.0 * len(titles), 2.0 * rows))
+    axes = fig.subplots(rows, len(titles), squeeze=False)
     for r in range(rows):
         for c, title in enumerate(titles):
             image = truth[r, 0] if title == "truth" else columns[title][r, 0]
@@ -79,18 +88,10 @@ def figure(truth, columns: dict[str, torch.Tensor], names: list[str]):
 
 
 def run(config: DemoConfig) -> dict:
-    import invsolve as iv
-    import operators as ops
-
-    from .baselines import tv
-    from .io import save_figure, save_nifti
-    from .metrics import psnr, ssim
-    from .phantoms import heldout_phantoms, shepp_logan
-
     out = Path(config.out)
     tmp = prepare_output(out, config.force)
     try:
-        prior = iv.load_prior(config.prior)
+        prior = load_prior(config.prior)
         size = prior.shape[-1]
         truth = torch.cat([heldout_phantoms(config.phantoms, size), shepp_logan(size)])
         names = [f"held-out {i}" for i in range(config.phantoms)] + ["Shepp-Logan"]
@@ -98,11 +99,11 @@ def run(config: DemoConfig) -> dict:
         noise_gen = torch.Generator().manual_seed(config.seed + 1)
         clean = physics.A(truth)
         y = clean + config.sigma_y * torch.randn(clean.shape, generator=noise_gen)
-        problem = iv.Problem(physics, y, sigma_y=config.sigma_y, prior=prior)
+        problem = Problem(physics, y, sigma_y=config.sigma_y, prior=prior)
 
         recon, seconds, nfe = {}, {}, {}
         t = time.perf_counter()
-        recon["FBP"] = physics.fbp(y)
+        recon["FBP"] = fbp(physics, y)
         seconds["FBP"], nfe["FBP"] = time.perf_counter() - t, 0
         t = time.perf_counter()
         recon["TV"] = tv(physics, y, lam=config.tv_lambda, iterations=150)
@@ -112,14 +113,12 @@ def run(config: DemoConfig) -> dict:
         bar = None
         callback = None
         if config.progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(desc=f"DPS ({config.samples} samples x {len(names)} scans)", unit="step")
 
             def callback(info):
                 bar.total = info["steps"]
                 bar.update(1)
-        post = iv.sample("dps", prior, problem, n_samples=config.samples, preset="ct-sparse8",
+        post = sample("dps", prior, problem, n_samples=config.samples, preset="ct-sparse8",
                          generator=torch.Generator().manual_seed(config.seed), callback=callback, **overrides)
         if bar is not None:
             bar.close()

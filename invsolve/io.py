@@ -6,11 +6,12 @@ import os
 import tempfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 
-
 from .errors import DataError
+
 
 def _atomic(path: Path, write) -> Path:
     """Call ``write(tmp_path)`` then move the result onto ``path`` in one step."""
@@ -33,8 +34,6 @@ def save_nifti(array, path: str | Path, affine: np.ndarray | None = None, spacin
     Without ``affine``, a diagonal affine of ``spacing`` (default 1 mm) is used. Arrays are
     stored in NIfTI's (x, y, z) axis order.
     """
-    import nibabel as nib
-
     data = array.detach().cpu().numpy() if torch.is_tensor(array) else np.asarray(array)
     data = np.squeeze(data)
     if data.ndim not in (2, 3):
@@ -48,8 +47,6 @@ def save_nifti(array, path: str | Path, affine: np.ndarray | None = None, spacin
 
 def load_nifti(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Return (array indexed [z,] y, x, affine) of a NIfTI file."""
-    import nibabel as nib
-
     image = nib.load(str(path))
     return np.asarray(image.dataobj, dtype=np.float32).T, image.affine
 

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 import torch
+from skimage.metrics import structural_similarity
+
 from .errors import DataError
 
 
@@ -36,8 +38,6 @@ def nmse(target, estimate) -> float:
 
 def ssim(target, estimate, data_range: float | None = None) -> float:
     """Mean SSIM of 2D images; leading dimensions (batch, channel, slices) are averaged over."""
-    from skimage.metrics import structural_similarity
-
     t, e = _numpy(target), _numpy(estimate)
     if t.shape != e.shape:
         raise DataError(f"shapes differ: target {t.shape} vs estimate {e.shape}")

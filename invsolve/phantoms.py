@@ -24,6 +24,8 @@ import math
 
 import numpy as np
 import torch
+from skimage.data import shepp_logan_phantom
+from skimage.transform import resize
 
 TRAIN_SEED = 0
 """Seed of the phantom stream that ``ct-phantom64`` was trained on."""
@@ -94,8 +96,5 @@ def heldout_phantoms(n: int, size: int = 64) -> torch.Tensor:
 
 def shepp_logan(size: int = 64) -> torch.Tensor:
     """scikit-image's (modified) Shepp-Logan phantom resized to (1, 1, size, size), values in [0, 1]."""
-    from skimage.data import shepp_logan_phantom
-    from skimage.transform import resize
-
     image = resize(shepp_logan_phantom(), (size, size), order=1, anti_aliasing=True)
     return torch.from_numpy(np.clip(image, 0.0, 1.0).astype(np.float32))[None, None]

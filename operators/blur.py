@@ -25,6 +25,9 @@ import math
 import numpy as np
 import torch
 from deepinv.physics import Blur
+from PIL import Image, ImageDraw, ImageFilter
+from scipy.ndimage import gaussian_filter
+
 from .errors import ConfigError, DataError
 
 
@@ -75,8 +78,6 @@ def gaussian_kernel(std: float, kernel_size: int, dims: int = 2, truncate: float
     """The DPS/DAPS Gaussian kernel: ``scipy.ndimage.gaussian_filter`` of a centred delta in a
     ``kernel_size ** dims`` window (reflect mode, taps beyond ``int(truncate * std + 0.5)`` are 0).
     Returns float64 of shape ``(kernel_size,) * dims``."""
-    from scipy.ndimage import gaussian_filter
-
     delta = np.zeros((kernel_size,) * dims)
     delta[(kernel_size // 2,) * dims] = 1.0
     return torch.from_numpy(gaussian_filter(delta, sigma=float(std), truncate=truncate))
@@ -164,8 +165,6 @@ def motion_kernel(kernel_size: int | tuple[int, int] = 61, intensity: float = 0.
     rasteriser the package itself uses (a Pillow dependency of torchvision), so the 8-bit kernel
     is identical; we checked Pillow 9.2 (DPS's pin) and 13.0 give the same kernels.
     """
-    from PIL import Image, ImageDraw, ImageFilter
-
     height, width = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
     if height < 1 or width < 1:
         raise ConfigError(f"kernel_size must be positive, got {kernel_size}")

@@ -10,6 +10,8 @@ The mask has shape (1, *spatial) and is shared by every channel.
 from __future__ import annotations
 
 import torch
+from deepinv.physics import Inpainting
+
 from .errors import ConfigError
 
 
@@ -36,8 +38,6 @@ def random_mask(spatial: tuple[int, ...], missing: float = 0.7, seed: int = 0) -
 def make_inpainting(img_size: int | tuple[int, ...] = 256, kind: str = "box", channels: int = 1, dims: int = 2,
                     box_fraction: float = 0.5, missing: float = 0.7, seed: int = 0):
     """deepinv ``Inpainting`` with a ``box`` or ``random`` mask; ``img_size`` is the spatial size."""
-    from deepinv.physics import Inpainting
-
     spatial = (img_size,) * dims if isinstance(img_size, int) else tuple(img_size)
     if kind == "box":
         mask = box_mask(spatial, box_fraction)

@@ -33,6 +33,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from operators.coils import calibration_slices, estimate_coil_maps
+from operators.mri import SenseMRI, center_crop, ifftc
+
+from ..baselines import tv
 from ..errors import ConfigError, DataError, UnknownOptionError
 from .masks import acs_band
 
@@ -62,8 +66,6 @@ SCALE_PERCENTILE = 99.5
 
 
 def _ifftc(x: torch.Tensor) -> torch.Tensor:
-    from operators.mri import ifftc
-
     return ifftc(x)
 
 
@@ -76,8 +78,6 @@ def crop_size(volume, height: int) -> tuple[int, int]:
 
 
 def _crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    from operators.mri import center_crop
-
     return center_crop(x, size)
 
 
@@ -124,8 +124,6 @@ def espirit_maps(measured: torch.Tensor, mask: torch.Tensor, calib_width: int = 
                  thresh: float = 0.02, crop: float = 0.95) -> torch.Tensor:
     """ESPIRiT maps (slices, coils, H, W) per slice from the ACS band (``calib_width`` capped so
     that the square calibration region at the centre lies inside the band)."""
-    from operators.coils import calibration_slices, estimate_coil_maps
-
     left, right = acs_band(mask.numpy())
     width = mask.numel()
     calib = min(int(calib_width), right - left, measured.shape[-2])
@@ -171,8 +169,6 @@ def _maps_tensor(maps, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _sense(y, maps, mask, max_iter, tol, tikhonov):
-    from operators.mri import SenseMRI
-
     height, width = y.shape[-2:]
     physics = SenseMRI(maps, mask=mask, img_size=(height, width), max_iter=int(max_iter), tol=float(tol),
                        tikhonov=float(tikhonov))
@@ -181,10 +177,6 @@ def _sense(y, maps, mask, max_iter, tol, tikhonov):
 
 
 def _tv(y, maps, mask, lam, iterations, prox_iterations):
-    from operators.mri import SenseMRI
-
-    from ..baselines import tv
-
     height, width = y.shape[-2:]
     physics = SenseMRI(maps, mask=mask, img_size=(height, width))
     y_real = torch.view_as_real(y).movedim(-1, 1).contiguous()

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+
+from .executors import make_executor
+from .report import write_report
+from .runner import BenchConfig, check_options, default_data, default_prior, run
+from .synth import synthesize
 
 
 def _csv(kind):
@@ -47,11 +53,6 @@ def _option(text: str):
 
 
 def _bench_fastmri(args) -> int:
-    import dataclasses
-
-    from .executors import make_executor
-    from .runner import BenchConfig, check_options, default_data, default_prior, run
-
     config = BenchConfig(data=args.data or "", methods=args.methods, accelerations=args.accelerations, mask=args.mask,
                          prior=args.prior, slices=args.slices, samples=args.samples, seed=args.seed,
                          nfe=args.nfe or None, sigma_y=args.sigma_y, options=tuple(args.set or ()),
@@ -76,16 +77,12 @@ def _bench_fastmri(args) -> int:
 
 
 def _bench_report(args) -> int:
-    from .report import write_report
-
     out = write_report(args.db, args.out)
     print(f"wrote {out['markdown']}, {out['csv']} and {len(out['figures'])} figures in {args.out}/figures")
     return 0
 
 
 def _fastmri_synth(args) -> int:
-    from .synth import synthesize
-
     result = synthesize(args.out, n_train=args.train, n_val=args.val, coils=args.coils,
                         **({"size": args.size} if args.size else {}), seed=args.seed, force=args.force)
     print(f"wrote synthetic fastMRI-layout files under {args.out}" + (f": {result}" if result else ""))
@@ -94,8 +91,7 @@ def _fastmri_synth(args) -> int:
 
 def add_parsers(sub) -> None:
     """Add ``bench`` (``fastmri``, ``report``) and ``fastmri`` (``synth``) to the ``invsolve`` command."""
-    from ..cli import bounded
-    from .runner import BenchConfig
+    from ..cli import bounded  # not at the top: invsolve.cli imports this module (see tests/test_imports.py)
 
     d = BenchConfig(data="")
     bench = sub.add_parser("bench", help="benchmarks: run the fastMRI benchmark, write its report")

@@ -21,7 +21,10 @@ import multiprocessing
 import os
 from typing import Any, Callable, Iterable, Iterator
 
+import torch
+
 from ..errors import ConfigError
+
 Task = Any
 Result = dict
 
@@ -31,8 +34,6 @@ def default_threads(workers: int) -> int:
 
 
 def _init_worker(threads: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
 
 
@@ -60,8 +61,6 @@ class LocalExecutor:
     def map(self, fn: Callable[[Any, Task], Result], config, tasks: Iterable[Task]) -> Iterator[tuple[Task, Result]]:
         tasks = list(tasks)
         if self.workers == 1:
-            import torch
-
             previous = torch.get_num_threads()
             torch.set_num_threads(self.threads)
             try:
@@ -110,8 +109,6 @@ class RayExecutor:
         threads = self.threads
 
         def unit(config, task):
-            import torch
-
             torch.set_num_threads(threads)
             return fn(config, task)
 

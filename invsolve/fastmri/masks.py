@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from operators.masks import create_mask_for_mask_type, fastmri_seed
+
 from ..errors import ConfigError
+
 CENTER_FRACTIONS = {4: 0.08, 8: 0.04}
 """fastMRI's pairing of accelerations and centre fractions (leaderboard and ``subsample.py`` defaults)."""
 
@@ -38,8 +41,6 @@ def file_mask(fname: str, width: int, acceleration: float, mask_type: str = "equ
     :param center_fraction: default fastMRI's pairing (``fastmri_center_fraction``).
     :param padding: ``(padding_left, padding_right)``: columns outside are zeroed (VarNet).
     """
-    from operators.masks import create_mask_for_mask_type, fastmri_seed
-
     fraction = fastmri_center_fraction(acceleration) if center_fraction is None else float(center_fraction)
     accel = int(acceleration) if float(acceleration).is_integer() else float(acceleration)
     func = create_mask_for_mask_type(mask_type, [fraction], [accel])

@@ -26,19 +26,17 @@ import math
 from typing import Iterable, Sequence
 
 import numpy as np
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
 from ..errors import DataError
 
 METRICS = ("nmse", "psnr", "ssim")
 
 
 def _array(x) -> np.ndarray:
-    try:
-        import torch
-
-        if torch.is_tensor(x):
-            x = x.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
+    if torch.is_tensor(x):
+        x = x.detach().cpu().numpy()
     x = np.asarray(x)
     if np.iscomplexobj(x):
         raise DataError("fastMRI metrics compare magnitude images; take the magnitude first")
@@ -85,8 +83,6 @@ def nmse(gt, pred) -> float:
 def psnr(gt, pred, maxval: float | None = None) -> float:
     """skimage PSNR of the volume with ``data_range = gt.max()`` (fastMRI's ``psnr``); ``inf``
     for a perfect reconstruction."""
-    from skimage.metrics import peak_signal_noise_ratio
-
     gt, pred = _array(gt), _array(pred)
     data_range = gt.max() if maxval is None else maxval
     with np.errstate(divide="ignore"):
@@ -95,8 +91,6 @@ def psnr(gt, pred, maxval: float | None = None) -> float:
 
 def ssim(gt, pred, maxval: float | None = None) -> float:
     """Mean over slices of skimage SSIM with ``data_range = gt.max()`` of the volume (fastMRI's ``ssim``)."""
-    from skimage.metrics import structural_similarity
-
     gt, pred = _array(gt), _array(pred)
     _check(gt, pred)
     data_range = gt.max() if maxval is None else maxval

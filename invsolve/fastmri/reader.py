@@ -33,11 +33,12 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any, Sequence
 
+import h5py
 import numpy as np
 
-ISMRMRD_NAMESPACE = "http://www.ismrm.org/ISMRMRD"
 from ..errors import ConfigError, DataError
 
+ISMRMRD_NAMESPACE = "http://www.ismrm.org/ISMRMRD"
 HDF5_SUFFIXES = (".h5", ".hdf5")
 TARGET_KEYS = {"singlecoil": "reconstruction_esc", "multicoil": "reconstruction_rss"}
 """The target fastMRI scores each challenge against (``fastmri/evaluate.py``, ``SliceDataset``)."""
@@ -217,8 +218,6 @@ def read_volume(path, slices="all", target_key: str | None = None) -> FastMRIVol
     :raises ValueError: the file is not HDF5 or not in fastMRI's layout (the message says what
         is missing).
     """
-    import h5py
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such fastMRI file: {path}")

@@ -22,7 +22,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+
 from ..errors import DataError
+from .db import ResultStore
+from .metrics import aggregate as fastmri_aggregate
+from .runner import baseline_names, is_sampler
 
 METRICS = ("nmse", "psnr", "ssim")
 
@@ -30,8 +35,6 @@ METRICS = ("nmse", "psnr", "ssim")
 def aggregate(values) -> tuple[float, float]:
     """(mean, 2 * std) over volumes, as fastMRI's ``evaluate.py`` reports (``metrics.aggregate``:
     sample std, ddof = 1; ``nan`` for a single volume)."""
-    from .metrics import aggregate as fastmri_aggregate
-
     out = fastmri_aggregate(list(values))
     return float(out["mean"]), float(out["two_std"])
 
@@ -49,8 +52,6 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _order(methods: list[str]) -> list[str]:
-    from .runner import baseline_names, is_sampler
-
     base = [m for m in baseline_names() if m in methods]
     others = sorted(m for m in methods if m not in base and not is_sampler(m))
     return base + others + sorted(m for m in methods if is_sampler(m))
@@ -153,11 +154,6 @@ def csv_text(summaries: list[dict]) -> str:
 
 def figure(volume: str, accel: float, panels: list[tuple[str, dict]], target: np.ndarray, slice_index: int) -> bytes:
     """PNG bytes: target | methods (top), |error| (middle), posterior std (bottom, samplers)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     has_std = any("std" in p for _, p in panels)
     rows = 3 if has_std else 2
     cols = 1 + len(panels)
@@ -167,7 +163,8 @@ def figure(volume: str, accel: float, panels: list[tuple[str, dict]], target: np
     emax = emax or 1.0
     smax = max((float(np.percentile(p["std"], 99.5)) for _, p in panels if "std" in p), default=1.0) or 1.0
     size = 2.2
-    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows + 0.4), squeeze=False)
+    fig = Figure(figsize=(size * cols, size * rows + 0.4))  # no pyplot: no global backend or figure registry
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
@@ -189,14 +186,11 @@ def figure(volume: str, accel: float, panels: list[tuple[str, dict]], target: np
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     return buffer.getvalue()
 
 
 def write_report(db: str | Path, out: str | Path) -> dict:
     """Write ``results.md``, ``results.csv`` and ``figures/*.png`` for the database ``db`` into ``out``."""
-    from .db import ResultStore
-
     db, out = Path(db), Path(out)
     if not db.is_file():
         raise FileNotFoundError(f"no benchmark database at {db}")

@@ -31,10 +31,26 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import deepinv
+import h5py
 import numpy as np
+import scipy
 import torch
+from tqdm.auto import tqdm
 
+from operators.mri import center_crop
+
+from .. import __version__, samplers
 from ..errors import ConfigError, DataError
+from ..priors import loaders
+from ..problem import Problem
+from . import baselines, metrics, synth
+from .db import ResultStore
+from .db import task_key as db_task_key
+from .executors import LocalExecutor
+from .masks import volume_mask
+from .problems import SCALE_PERCENTILE, build_parts, magnitude
+from .reader import list_volumes, read_volume
 
 RUNNER_VERSION = 1
 """Bumped when the runner's computation changes in a way the configuration does not show."""
@@ -119,20 +135,14 @@ class Task:
 
 
 def baseline_names() -> tuple[str, ...]:
-    from .baselines import METHODS
-
-    return tuple(METHODS)
+    return tuple(baselines.METHODS)
 
 
 def is_sampler(method: str) -> bool:
-    from .. import samplers
-
     return method in samplers.names()
 
 
 def check_methods(methods: Sequence[str]) -> None:
-    from .. import samplers
-
     known = set(baseline_names()) | set(samplers.names())
     unknown = [m for m in methods if m not in known]
     if unknown:
@@ -142,8 +152,6 @@ def check_methods(methods: Sequence[str]) -> None:
 
 def check_options(config: BenchConfig) -> None:
     """Check the methods and every option against the methods they name, before any work."""
-    from .baselines import resolve_options
-
     check_methods(config.methods)
     stray = sorted({m for m, _, _ in config.options} - set(config.methods))
     if stray:
@@ -153,7 +161,7 @@ def check_options(config: BenchConfig) -> None:
         if is_sampler(method):
             sampler_settings(config, method)
         else:
-            resolve_options(method, **method_options(config, method))
+            baselines.resolve_options(method, **method_options(config, method))
 
 
 def method_options(config: BenchConfig, method: str) -> dict:
@@ -162,8 +170,6 @@ def method_options(config: BenchConfig, method: str) -> dict:
 
 def sampler_settings(config: BenchConfig, method: str) -> tuple[str | None, dict, dict]:
     """(preset, overrides, resolved hyperparameters) of a sampler in this benchmark."""
-    from .. import samplers
-
     options = method_options(config, method)
     preset = options.pop("preset", None)
     overrides = dict(SAMPLER_DEFAULTS.get(method, {}))
@@ -177,18 +183,14 @@ def sampler_settings(config: BenchConfig, method: str) -> tuple[str | None, dict
 @functools.lru_cache(maxsize=8)
 def prior_identity(prior: str) -> dict:
     """Name, folder and weights sha256 of a prior (what makes two priors the same)."""
-    from ..priors.loaders import resolve, sha256
-
-    folder = resolve(prior)
+    folder = loaders.resolve(prior)
     card = json.loads((folder / "card.json").read_text())
-    digest = card.get("metadata", {}).get("sha256") or sha256(folder / "weights.safetensors")
+    digest = card.get("metadata", {}).get("sha256") or loaders.sha256(folder / "weights.safetensors")
     return {"name": card["name"], "sha256": digest, "shape": card["shape"]}
 
 
 def resolved_config(config: BenchConfig, method: str) -> dict:
     """Everything a task's numbers depend on, besides the file and the acceleration."""
-    from .problems import SCALE_PERCENTILE
-
     resolved = {"runner_version": RUNNER_VERSION, "method": method, "mask": config.mask,
                 "slices": config.slices if isinstance(config.slices, str) else list(config.slices),
                 "centre_fractions": "fastMRI pairing 4x/0.08, 8x/0.04"}
@@ -200,10 +202,8 @@ def resolved_config(config: BenchConfig, method: str) -> dict:
                         sigma_y=config.sigma_y, preset=preset, hyperparameters=hyper, estimate="posterior mean",
                         coil_maps="centre-band low-resolution maps", scale=f"p{SCALE_PERCENTILE} of zero-filled RSS")
     else:
-        from .baselines import resolve_options
-
         # the resolved options, defaults included: a changed default is a different configuration
-        resolved.update(kind="baseline", options=resolve_options(method, **method_options(config, method)))
+        resolved.update(kind="baseline", options=baselines.resolve_options(method, **method_options(config, method)))
     return resolved
 
 
@@ -213,12 +213,6 @@ def config_hash(resolved: dict) -> str:
 
 
 def software_versions() -> dict:
-    import deepinv
-    import h5py
-    import scipy
-
-    from .. import __version__
-
     versions = {"invsolve": __version__, "python": platform.python_version(), "torch": torch.__version__,
                 "numpy": np.__version__, "scipy": scipy.__version__, "deepinv": deepinv.__version__,
                 "h5py": h5py.__version__}
@@ -236,8 +230,6 @@ def software_versions() -> dict:
 
 
 def list_files(config: BenchConfig) -> list[Path]:
-    from .reader import list_volumes
-
     files = sorted((Path(p) for p in list_volumes(config.data)), key=lambda p: p.name)
     if not files:
         raise FileNotFoundError(f"no fastMRI HDF5 files (*.h5) in {config.data}")
@@ -259,9 +251,7 @@ def make_tasks(config: BenchConfig) -> list[Task]:
 
 
 def task_key(config: BenchConfig, task: Task) -> tuple:
-    from .db import task_key as key
-
-    return key(task.volume, task.method, task.acceleration, config.mask, config.seed, task.config_hash)
+    return db_task_key(task.volume, task.method, task.acceleration, config.mask, config.seed, task.config_hash)
 
 
 # ------------------------------------------------------------------------------------------
@@ -276,9 +266,7 @@ def _device(config: BenchConfig) -> torch.device:
 
 @functools.lru_cache(maxsize=4)
 def _load_prior(prior: str, device: str):
-    from ..priors import load_prior
-
-    return load_prior(prior, device=device)
+    return loaders.load_prior(prior, device=device)
 
 
 def derived_seed(*parts) -> int:
@@ -292,8 +280,6 @@ def _numpy(x) -> np.ndarray:
 
 
 def _run_baseline(config: BenchConfig, task: Task, volume, mask: torch.Tensor) -> dict:
-    from . import baselines
-
     start = time.perf_counter()
     recon = baselines.reconstruct(task.method, volume, mask.numpy(), **method_options(config, task.method))
     seconds = time.perf_counter() - start
@@ -301,11 +287,6 @@ def _run_baseline(config: BenchConfig, task: Task, volume, mask: torch.Tensor) -
 
 
 def _run_sampler(config: BenchConfig, task: Task, volume, mask: torch.Tensor) -> dict:
-    from .. import samplers
-    from ..problem import Problem
-    from .problems import build_parts, magnitude
-    from operators.mri import center_crop
-
     device = _device(config)
     prior = _load_prior(config.prior, str(device))
     preset, overrides, _ = sampler_settings(config, task.method)
@@ -330,10 +311,6 @@ def _run_sampler(config: BenchConfig, task: Task, volume, mask: torch.Tensor) ->
 
 def run_task(config: BenchConfig, task: Task) -> dict:
     """Reconstruct and score one task; returns the ``results`` row with its slice rows and images."""
-    from . import metrics
-    from .masks import volume_mask
-    from .reader import read_volume
-
     volume = read_volume(task.path, slices=config.slices)
     if volume.target is None:
         raise DataError(f"{task.volume} has no target (a test/challenge file); the benchmark scores against "
@@ -396,9 +373,6 @@ def run(config: BenchConfig, db_path: str | Path, executor=None, limit: int | No
     :param limit: stop after this many new tasks (rerun to continue).
     :returns: ``{"total", "done_before", "ran", "remaining"}``.
     """
-    from .db import ResultStore
-    from .executors import LocalExecutor
-
     executor = executor or LocalExecutor(1)
     tasks = make_tasks(config)
     with ResultStore(db_path) as store:
@@ -426,8 +400,6 @@ def run(config: BenchConfig, db_path: str | Path, executor=None, limit: int | No
 def _progress(total: int, initial: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, unit="task", desc="fastMRI benchmark", dynamic_ncols=True,
                 smoothing=0.1)
 
@@ -444,8 +416,6 @@ def cache_dir() -> Path:
 
 def default_data(progress: bool = True) -> str:
     """The synthetic fastMRI-layout set (written once into the cache folder); returns its held-out split."""
-    from . import synth
-
     out = cache_dir() / "fastmri-synth"
     if not out.exists() or not any(out.rglob("*.h5")):
         if progress:
@@ -465,9 +435,7 @@ def default_prior(methods: Sequence[str]) -> str | None:
     """``mri-brain64`` when it ships; ``None`` when no sampler is requested; else a clear error."""
     if not any(is_sampler(m) for m in methods):
         return None
-    from ..priors.loaders import list_priors
-
-    if DEFAULT_PRIOR in list_priors():
+    if DEFAULT_PRIOR in loaders.list_priors():
         return DEFAULT_PRIOR
     raise FileNotFoundError(f"the shipped MRI prior {DEFAULT_PRIOR!r} is not installed; pass --prior NAME_OR_FOLDER "
                             "(e.g. one trained with `invsolve train --data FASTMRI_TRAIN_DIR`), or run only the "

@@ -37,13 +37,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import math
 import os
 from pathlib import Path
 from typing import Sequence
 
+import h5py
+import nibabel as nib
 import numpy as np
+from scipy import ndimage
+
+from operators.coils import birdcage_maps
 
 from ..errors import ConfigError
 from .masks import file_mask
@@ -129,8 +135,6 @@ def write_fastmri_file(path, kspace: np.ndarray, header: str, attrs: dict, targe
     :param extra: further datasets (e.g. ``reconstruction_esc`` of single-coil files).
     :raises FileExistsError: the file exists and ``force`` is false.
     """
-    import h5py
-
     path = Path(path)
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass force=True (--force) to replace it")
@@ -160,8 +164,6 @@ def write_fastmri_file(path, kspace: np.ndarray, header: str, attrs: dict, targe
 
 
 def _package_file(package: str, *parts: str) -> Path:
-    import importlib.util
-
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"synthetic fastMRI data needs the {package} package (it ships the brain volumes): "
@@ -175,8 +177,6 @@ def _package_file(package: str, *parts: str) -> Path:
 def _axial_slices(path: Path, frame: int | None = None) -> tuple[np.ndarray, float]:
     """Axial slices (n, rows, cols) of a NIfTI volume in [0, 1] (0.5 / 99.5 percentiles), anterior
     at the top; and the in-plane voxel size in mm."""
-    import nibabel as nib
-
     image = nib.as_closest_canonical(nib.load(str(path)))
     data = np.asarray(image.dataobj, dtype=np.float64)
     if data.ndim == 4:
@@ -201,8 +201,6 @@ def _resample(slices: np.ndarray, centre: np.ndarray, fov_px: float, size: int, 
     """(n, size, size) bilinear resampling of a square ``fov_px`` field of view about ``centre``
     (row, col), rotated by ``angle`` (radians), optionally flipped left-right; Gaussian
     pre-filter against aliasing when shrinking."""
-    from scipy import ndimage
-
     step = fov_px / size
     sigma = 0.5 * math.sqrt(max(step * step - 1.0, 0.0))
     cos, sin = math.cos(angle), math.sin(angle)
@@ -291,8 +289,6 @@ def _ifftc(x: np.ndarray) -> np.ndarray:
 def coil_maps(coils: int, size: int, oversampling: int, coil_radius: float = 1.5) -> np.ndarray:
     """(coils, oversampling * size, size) birdcage maps over the k-space image grid, the coils
     at ``coil_radius`` times the object's half-size (the object fills the centre size x size)."""
-    from operators.coils import birdcage_maps
-
     full = oversampling * size
     maps = birdcage_maps((coils, full, full), radius=coil_radius / oversampling).numpy()
     left = (full - size) // 2

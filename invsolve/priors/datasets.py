@@ -37,16 +37,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob as globlib
+import hashlib
+import importlib.util
 import math
 import os
 from pathlib import Path
 from typing import Callable
 
+import h5py
+import nibabel as nib
 import numpy as np
 import torch
+from PIL import Image
 from torch.nn import functional as F
 
 from ..errors import ConfigError, DataError
+from ..phantoms import random_ellipses
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -157,8 +164,6 @@ def _display_slices(volume: np.ndarray, axis: int) -> np.ndarray:
 
 
 def read_image(path: Path, window=None, percentiles=(0.5, 99.5)) -> Unit:
-    from PIL import Image
-
     with Image.open(path) as image:
         if image.mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):
             image = image.convert("L")
@@ -179,8 +184,6 @@ def read_image(path: Path, window=None, percentiles=(0.5, 99.5)) -> Unit:
 
 
 def read_nifti(path: Path, slice_axis: str = "axial", window=None, percentiles=(0.5, 99.5)) -> Unit:
-    import nibabel as nib
-
     if slice_axis not in SLICE_AXES:
         raise ConfigError(f"slice_axis must be one of {sorted(SLICE_AXES)}, got {slice_axis!r}")
     image = nib.as_closest_canonical(nib.load(str(path)))
@@ -279,8 +282,6 @@ def read_fastmri(path: Path, representation: str = "magnitude", percentiles=(0.5
     (S, C, H, W) combined by ``combine_coils``), centre-cropped to the RSS target's size when the
     file has one. k-space is read one slice at a time, so memory stays at one slice's worth.
     """
-    import h5py
-
     if representation not in ("magnitude", "complex"):
         raise ConfigError(f"representation must be 'magnitude' or 'complex', got {representation!r}")
     with h5py.File(path, "r") as f:
@@ -514,8 +515,6 @@ def file_data(config) -> TrainingData:
                        "files": _names(units, val_idx)},
         "physical_range": list(physical_range),
     }
-    import hashlib
-
     _, files = find_files(config.data, config.data_format)
     listing = "\n".join(f"{p.resolve()}\t{p.stat().st_size}" for p in files)
     fingerprint = hashlib.sha256(listing.encode()).hexdigest()
@@ -533,8 +532,6 @@ def file_data(config) -> TrainingData:
 
 
 def ellipse_data(config) -> TrainingData:
-    from ..phantoms import random_ellipses
-
     if config.representation != "magnitude" or tuple(config.augment):
         raise ConfigError("the ellipses source takes no --augment and no --representation complex")
 
@@ -553,8 +550,6 @@ def ellipse_data(config) -> TrainingData:
 
 
 def _package_file(package: str, *parts: str) -> Path:
-    import importlib.util
-
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"the {package} package is needed for this data source: pip install {package}")
@@ -599,8 +594,6 @@ def brain_heldout_sets(size: int = 64, percentiles=(0.5, 99.5)) -> dict[str, tor
     (32 voxels) and ``example4d.nii.gz`` (mean of its two volumes) centre-cropped to a 192 mm
     square (96 voxels), both resized to ``size`` x ``size``.
     """
-    import nibabel as nib
-
     anatomical = read_nifti(_package_file("nibabel", "tests", "data", "anatomical.nii"), "axial", None, percentiles)
     path = _package_file("nibabel", "tests", "data", "example4d.nii.gz")
     image = nib.as_closest_canonical(nib.load(str(path)))

@@ -25,16 +25,22 @@ Hub, ``repo_id=``). Shipped priors live in ``data/priors/<name>/`` of the reposi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
 import torch
-from ..errors import CheckpointError, ConfigError, UnknownOptionError
 
+from ..errors import CheckpointError, ConfigError, UnknownOptionError
 from .adapters import make_denoiser
 from .base import Prior, PriorCard
+from .checkpoints import diffusers as hf
+from .checkpoints.adm import is_adm_state, load_adm
+from .checkpoints.edm import is_edm_state, load_edm
+from .checkpoints.io import (check_finite, check_sha256, load_state_strict, read_any, read_safetensors,
+                             sha256, tensors_only)
+from .checkpoints.score_sde import is_score_sde, load_score_sde
+from .unet import UNet
 
 ARCHITECTURES = {"invsolve.priors.unet.UNet"}
 
@@ -56,14 +62,6 @@ def list_priors() -> dict[str, Path]:
     return found
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_dir():
@@ -81,38 +79,11 @@ def build_network(card: PriorCard) -> torch.nn.Module:
     arch = card.metadata.get("architecture")
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"prior {card.name!r} names architecture {arch!r}; this loader knows {sorted(ARCHITECTURES)}")
-    from .unet import UNet
-
     return UNet(**card.metadata["network"])
-
-
-def load_state_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
-                      ignore_missing: tuple[str, ...] = (), assign: bool = False,
-                      what: str = "the architecture of the card") -> None:
-    """Load ``state`` into ``net``, raising an error that lists every missing, unexpected or misshapen key.
-
-    ``ignore_missing`` names buffers of ``net`` that checkpoints do not hold (they keep the
-    network's own values). ``assign=True`` loads into a network built on the meta device.
-    """
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(state) - set(ignore_missing))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                    for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or shapes:
-        parts = [f"{label} ({len(items)}): {', '.join(items[:10])}{' ...' if len(items) > 10 else ''}"
-                 for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes))
-                 if items]
-        raise CheckpointError(f"weights in {source} do not match {what}; " + "; ".join(parts))
-    if assign:  # keep each parameter's dtype (checkpoints may be stored in fp16)
-        state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
-    net.load_state_dict(state, strict=not ignore_missing, assign=assign)
 
 
 def _load_invsolve(folder: Path, verify: bool = True, sha256_expected: str | None = None,
                    name: str | None = None) -> Prior:
-    from .checkpoints.io import check_sha256, read_safetensors
-
     card_path, weights_path = folder / "card.json", folder / "weights.safetensors"
     if not card_path.is_file() or not weights_path.is_file():
         raise FileNotFoundError(f"{folder} must hold card.json and weights.safetensors")
@@ -155,15 +126,10 @@ def _download(repo_id: str, filename: str | None, revision: str | None, cache_di
 
 def detect_format(path: Path, obj=None) -> str:
     """The checkpoint format of ``path`` (a folder, or a file whose safely-read content is ``obj``)."""
-    from .checkpoints.adm import is_adm_state
-    from .checkpoints.diffusers import detect
-    from .checkpoints.edm import is_edm_state
-    from .checkpoints.score_sde import is_score_sde
-
     if path.is_dir():
         if (path / "card.json").is_file():
             return "invsolve"
-        found = detect(path)
+        found = hf.detect(path)
         if found:
             return found
         raise CheckpointError(f"{path}: unknown prior folder (no card.json, model_index.json, or diffusers config.json "
@@ -200,8 +166,6 @@ def load_prior(name_or_path: str | Path | None = None, device: str | torch.devic
     :param options: format options (``config``, ``ema``, ``scheduler``, ``prompt_embeds``, ...; see
         :data:`OPTIONS` and docs/priors-loaders); an option the format does not take raises ``TypeError``.
     """
-    from .checkpoints.io import check_sha256, read_any
-
     if format is not None and format not in FORMATS:
         raise ConfigError(f"unknown format {format!r}; choose one of {FORMATS}")
     path = Path(name_or_path) if name_or_path is not None else None
@@ -244,26 +208,17 @@ def load_prior(name_or_path: str | Path | None = None, device: str | torch.devic
     elif fmt in ("diffusers-unet", "diffusers-sd3"):
         if not path.is_dir():
             raise ConfigError(f"format {fmt!r} is a diffusers folder, not the file {path}")
-        from .checkpoints import diffusers as hf
-
         prior = hf.load_unet(path, name=name, **options) if fmt == "diffusers-unet" else hf.load_sd3(path, name=name, **options)
     else:
         if obj is None:
             raise ConfigError(f"format {fmt!r} is a checkpoint file, not the folder {path}")
         if fmt == "adm":
-            from .checkpoints.adm import load_adm
-            from .checkpoints.io import check_finite, tensors_only
-
             state = tensors_only(obj, str(path))
             check_finite(state, str(path))
             prior = load_adm(state, path, name=name, **options)
         elif fmt == "score_sde":
-            from .checkpoints.score_sde import load_score_sde
-
             prior = load_score_sde(obj, path, name=name, **options)
         else:
-            from .checkpoints.edm import load_edm
-
             prior = load_edm(obj, path, name=name, **options)
     if sha256:
         prior.card.metadata["sha256"] = sha256.lower().strip()

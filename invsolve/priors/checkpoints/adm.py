@@ -20,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from deepinv.models import DiffUNet
+from deepinv.models.diffunet import (AttentionBlock, Downsample, ResBlock, TimestepEmbedSequential, Upsample,
+                                     normalization, timestep_embedding, zero_module)
 from torch import nn
 
+from ...errors import CheckpointError, ConfigError
 from ..adapters import DDPMSchedule, make_denoiser
 from ..base import Prior, PriorCard
+from .io import load_state_strict
 
-from ...errors import CheckpointError, ConfigError
 # guided-diffusion create_model arguments of the two official checkpoints.
 OFFICIAL = {
     "ffhq256": dict(image_size=256, num_channels=128, num_res_blocks=1, channel_mult=(1, 1, 2, 2, 4, 4),
@@ -89,9 +93,6 @@ class GuidedDiffusionUNet(nn.Module):
                  resblock_updown: bool = False, use_new_attention_order: bool = False, in_channels: int = 3,
                  dropout: float = 0.0):
         super().__init__()
-        from deepinv.models.diffunet import (AttentionBlock, Downsample, ResBlock, TimestepEmbedSequential,
-                                             Upsample, normalization, zero_module)
-
         self.config = dict(image_size=image_size, num_channels=num_channels, num_res_blocks=num_res_blocks,
                            channel_mult=tuple(channel_mult), attention_resolutions=tuple(attention_resolutions),
                            num_heads=num_heads, num_head_channels=num_head_channels,
@@ -141,8 +142,6 @@ class GuidedDiffusionUNet(nn.Module):
         self.out = nn.Sequential(normalization(ch), nn.SiLU(), zero_module(nn.Conv2d(input_ch, out_channels, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        from deepinv.models.diffunet import timestep_embedding
-
         emb = self.time_embed(timestep_embedding(t, self.model_channels))
         hs, h = [], x
         for module in self.input_blocks:
@@ -163,8 +162,6 @@ class ADMEps(nn.Module):
         self.channels = channels
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        from deepinv.models import DiffUNet
-
         t = t.reshape(-1).expand(x.shape[0])
         out = self.unet.forward_diffusion(x, t) if isinstance(self.unet, DiffUNet) else self.unet(x, t)
         return out[:, : self.channels]
@@ -178,8 +175,6 @@ def official_name(state: dict[str, torch.Tensor]) -> str | None:
 
 def build_official(name: str, in_channels: int = 3) -> nn.Module:
     """``deepinv.models.DiffUNet`` of the official configuration, on the meta device (no memory)."""
-    from deepinv.models import DiffUNet
-
     with torch.device("meta"):
         return DiffUNet(in_channels=in_channels, out_channels=in_channels, large_model=name == "imagenet256-uncond",
                         pretrained=None)
@@ -187,8 +182,6 @@ def build_official(name: str, in_channels: int = 3) -> nn.Module:
 
 def load_adm(state: dict[str, torch.Tensor], source: Path, config: str | dict | None = None,
              name: str | None = None) -> Prior:
-    from ..loaders import load_state_strict
-
     if "label_emb.weight" in state:
         raise CheckpointError(f"{source} is a class-conditional ADM (it holds label_emb.weight); invsolve loads the "
                               "unconditional ones (e.g. 256x256_diffusion_uncond.pt, ffhq_10m.pt)")

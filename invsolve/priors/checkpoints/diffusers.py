@@ -42,6 +42,8 @@ from torch import nn
 from ...errors import CheckpointError, ConfigError
 from ..adapters import DDPMSchedule, make_denoiser
 from ..base import Prior, PriorCard
+from ..latent import LatentPrior
+from .io import check_finite, load_state_strict, read_safetensors, read_torch, tensors_only
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json",
                 "diffusion_pytorch_model.fp16.safetensors", "diffusion_pytorch_model.bin",
@@ -85,8 +87,6 @@ def detect(folder: Path) -> str | None:
 
 def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
     """The weights of a diffusers model folder (safetensors, sharded safetensors, or .bin read safely)."""
-    from .io import read_safetensors, read_torch, tensors_only
-
     for fname in WEIGHT_NAMES:
         path = folder / fname
         if not path.is_file():
@@ -110,9 +110,6 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
 
 def load_model(folder: Path, expected_class: str) -> tuple[nn.Module, dict[str, Any], Path]:
     """Build the model of ``folder/config.json`` and load its weights strictly."""
-    from ..loaders import load_state_strict
-    from .io import check_finite
-
     diffusers = _diffusers()
     config_path = folder / "config.json"
     if not config_path.is_file():
@@ -222,8 +219,6 @@ def _tensor(value: Any, what: str) -> torch.Tensor | None:
     if value is None:
         return None
     if isinstance(value, (str, Path)):
-        from .io import read_safetensors
-
         data = read_safetensors(value)
         if what not in data:
             raise ConfigError(f"{value} has no tensor named {what!r} (it holds {sorted(data)})")
@@ -297,8 +292,6 @@ def load_sd3(folder: Path, prompt_embeds=None, pooled_prompt_embeds=None, negati
              negative_pooled_prompt_embeds=None, guidance_scale: float = 1.0, zero_conditioning: bool = False,
              image_size: int | None = None, name: str | None = None):
     """An SD3-class pipeline folder as a ``LatentPrior`` (flow prior over VAE latents)."""
-    from ..latent import LatentPrior
-
     sched_path = _component(folder, "scheduler") / "scheduler_config.json"
     sched = read_json(sched_path)
     if sched.get("_class_name") != "FlowMatchEulerDiscreteScheduler":

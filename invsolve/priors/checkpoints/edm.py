@@ -28,6 +28,7 @@ from torch import nn
 from ...errors import CheckpointError, ConfigError
 from ..adapters import make_denoiser
 from ..base import Prior, PriorCard
+from .io import check_finite, load_state_strict, tensors_only
 from .songunet import build_songunet, infer_config, parameter_count
 
 
@@ -59,9 +60,6 @@ class SongUNetRaw(nn.Module):
 def load_edm(state: dict[str, torch.Tensor], source: Path, config: dict[str, Any] | None = None,
              sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0,
              name: str | None = None) -> Prior:
-    from ..loaders import load_state_strict
-    from .io import check_finite, tensors_only
-
     state = strip_precond(tensors_only(state, str(source)))
     if config is None:
         config = infer_config(state, str(source))

@@ -4,7 +4,11 @@ Two readers only: ``safetensors`` (no code at all) and ``torch.load(weights_only
 (PyTorch's restricted unpickler: tensors, numbers, strings, lists, dicts; any other global,
 such as ``os.system`` or a training-code class, is refused before it runs). Errors say which
 of three things went wrong: the file holds pickled objects (refused), the file is truncated
-or corrupted (unreadable), or its sha256 differs from the expected one.
+or corrupted (unreadable), or its sha256 differs from the expected one. ``load_state_strict``
+loads a state dict into a network and names every missing, unexpected or misshapen key.
+
+The loaders (``invsolve.priors.loaders`` and the format modules beside this one) import this
+module; it imports none of them.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
 from ...errors import CheckpointError
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -84,9 +91,6 @@ def read_torch(path: str | Path) -> Any:
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no safetensors file at {path}")
@@ -120,3 +124,26 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
     if bad:
         raise CheckpointError(f"{source}: tensors with NaN or infinite values (corrupted file?): "
                               f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}")
+
+
+def load_state_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+                      ignore_missing: tuple[str, ...] = (), assign: bool = False,
+                      what: str = "the architecture of the card") -> None:
+    """Load ``state`` into ``net``, raising an error that lists every missing, unexpected or misshapen key.
+
+    ``ignore_missing`` names buffers of ``net`` that checkpoints do not hold (they keep the
+    network's own values). ``assign=True`` loads into a network built on the meta device.
+    """
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state) - set(ignore_missing))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                    for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or shapes:
+        parts = [f"{label} ({len(items)}): {', '.join(items[:10])}{' ...' if len(items) > 10 else ''}"
+                 for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", shapes))
+                 if items]
+        raise CheckpointError(f"weights in {source} do not match {what}; " + "; ".join(parts))
+    if assign:  # keep each parameter's dtype (checkpoints may be stored in fp16)
+        state = {k: v.to(expected[k].dtype) if v.is_floating_point() else v for k, v in state.items()}
+    net.load_state_dict(state, strict=not ignore_missing, assign=assign)

@@ -40,6 +40,7 @@ from torch import nn
 from ...errors import CheckpointError, ConfigError
 from ..adapters import make_denoiser
 from ..base import Prior, PriorCard
+from .io import check_finite, load_state_strict, tensors_only
 from .songunet import build_songunet, parameter_count
 
 # score_sde config fields (data.* and model.*) of the AAPM 256 CT checkpoint.
@@ -218,9 +219,6 @@ class ScoreSDEScore(nn.Module):
 
 def load_score_sde(obj: Any, source: Path, config: str | dict | None = None, ema: bool = True,
                    name: str | None = None) -> Prior:
-    from ..loaders import load_state_strict
-    from .io import check_finite, tensors_only
-
     user_sigmas = isinstance(config, dict) and ("sigma_min" in config or "sigma_max" in config)
     cfg = normalise_config(config)
     meta: dict[str, Any] = {}

@@ -20,11 +20,12 @@ import re
 from typing import Any
 
 import torch
+from deepinv.models import NCSNpp
 from torch import nn
 
-ARCHITECTURES = ("ncsnpp", "ddpmpp")  # deepinv NCSNpp model_type "ncsn" / "ddpm"
 from ...errors import CheckpointError, ConfigError
 
+ARCHITECTURES = ("ncsnpp", "ddpmpp")  # deepinv NCSNpp model_type "ncsn" / "ddpm"
 CONFIG_KEYS = {"architecture", "img_resolution", "in_channels", "out_channels", "model_channels", "channel_mult",
                "channel_mult_emb", "num_blocks", "attn_resolutions", "augment_dim"}
 
@@ -56,8 +57,6 @@ def build_songunet(config: dict[str, Any], meta: bool = False) -> nn.Module:
     cfg.setdefault("augment_dim", 0)
     cfg["channel_mult"] = tuple(cfg["channel_mult"])
     cfg["attn_resolutions"] = tuple(cfg["attn_resolutions"])
-    from deepinv.models import NCSNpp
-
     kwargs = dict(model_type="ncsn" if arch == "ncsnpp" else "ddpm", label_dim=0, dropout=0.0, pretrained=None, **cfg)
     if meta:
         with torch.device("meta"):
