@@ -23,6 +23,7 @@ Runs single-threaded (small tensors are much slower with threads on a shared mac
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ import invsolve as iv
 import operators as ops
 from invsolve.priors import Prior, PriorCard
 from invsolve.priors.adapters import make_denoiser
+from operators.errors import PhysicsError
 
 from test_operator_contracts import CASES, FALLBACK
 
@@ -51,8 +53,12 @@ SMALL = {
     "pigdm": (dict(steps=3), 3),
     "dmps": (dict(steps=3), 3),
 }
-# samplers that need linear physics (issue 6: MCG projects; DiffPIR, PiGDM, DMPS use closed forms)
-LINEAR_ONLY = {"mcg", "diffpir", "pigdm", "dmps"}
+# samplers that need linear physics (issue 6: MCG projects; DiffPIR, PiGDM, DMPS use closed forms;
+# issue 15: DDRM works in the SVD basis, DDNM projects)
+LINEAR_ONLY = {"mcg", "diffpir", "pigdm", "dmps", "ddrm", "ddnm"}
+# samplers that need an exact SVD of the operator (toolkit.LinearPart's spectral methods): they
+# must raise a PhysicsError naming an alternative ('ddnm') for operators that have none here
+SVD_ONLY = {"ddrm"}
 # samplers that run on any physics
 GENERAL = {"dps", "reddiff", "daps", "flowdps"}
 SIGMA_Y = 0.01
@@ -141,6 +147,17 @@ def _residual(problem, x_physical: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(r).flatten(1).norm(dim=1) if r.is_complex() else r.flatten(1).norm(dim=1)
 
 
+def _has_exact_svd(physics, x_shape) -> bool:
+    """A deepinv decomposable physics (other than BlurFFT), average pooling, or small enough for
+    the dense SVD (``toolkit.DENSE_MAX`` unknowns per sample)."""
+    from deepinv.physics import BlurFFT
+    from invsolve.samplers.toolkit import DENSE_MAX
+    from operators.resolution import AveragePooling
+
+    decomposable = isinstance(physics, DecomposablePhysics) and not isinstance(physics, BlurFFT)
+    return decomposable or isinstance(physics, AveragePooling) or math.prod(x_shape) <= DENSE_MAX
+
+
 @pytest.mark.parametrize("dims", [2, 3], ids=["2d", "3d"])
 @pytest.mark.parametrize("operator", OPERATORS)
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -159,6 +176,10 @@ def test_sampler_runs_on_operator(sampler, operator, dims):
             except TypeError as err:
                 assert "linear" in str(err), f"{sampler} raised an unclear TypeError for nonlinear physics: {err}"
                 return
+    if sampler in SVD_ONLY and not _has_exact_svd(physics, prior.shape):
+        with pytest.raises(PhysicsError, match="exact SVD.*'ddnm'"):
+            iv.sample(sampler, prior, problem, n_samples=n, generator=torch.Generator().manual_seed(1), **overrides)
+        return
     steps = []
     post = iv.sample(sampler, prior, problem, n_samples=n, generator=torch.Generator().manual_seed(1),
                      callback=steps.append, **overrides)

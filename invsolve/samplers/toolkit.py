@@ -16,7 +16,7 @@ import torch
 from deepinv.physics import DecomposablePhysics
 
 from operators.errors import ConfigError
-from operators.linalg import cg, least_squares
+from operators.linalg import TVState, admm_tv_step, cg, least_squares
 
 from ..priors.adapters import DDPMSchedule
 
@@ -62,7 +62,15 @@ def quad_ddpm_sigmas(steps: int, sigma_min: float, sigma_max: float, timesteps: 
     return _ddpm_levels((timesteps - 1) - seq, sigma_min, sigma_max, timesteps)
 
 
-GRIDS = {"karras": karras_sigmas, "ddpm": ddpm_sigmas, "uniform": uniform_ddpm_sigmas, "quad": quad_ddpm_sigmas}
+def geometric_sigmas(steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
+    """score_sde's VE grid ``sigma_min (sigma_max / sigma_min)^t``, ``t`` evenly from 1 down to 0
+    (``steps`` levels from ``sigma_max`` to ``sigma_min``; DiffusionMBIR, TPDM), then 0."""
+    t = torch.linspace(1, 0, steps, dtype=torch.float64)
+    return torch.cat([sigma_min * (sigma_max / sigma_min) ** t, torch.zeros(1, dtype=torch.float64)])
+
+
+GRIDS = {"karras": karras_sigmas, "ddpm": ddpm_sigmas, "uniform": uniform_ddpm_sigmas, "quad": quad_ddpm_sigmas,
+         "geometric": geometric_sigmas}
 
 
 def sigma_grid(schedule: str, steps: int, prior, sigma_max: float | None = None,
@@ -149,6 +157,46 @@ def pf_ode_euler(prior, x: torch.Tensor, sigma: float, sigma_end: float, steps: 
     return x
 
 
+def eta_ddim_step(target: torch.Tensor, eps_hat: torch.Tensor, sigma_next: float, eta: float,
+                  noise: torch.Tensor) -> torch.Tensor:
+    """DDS's / DDNM's "eta-DDIM" re-noising ``x' = target + sigma' (eta z + sqrt(1 - eta^2) eps_hat)``
+    (VE form of ``sqrt(abar') x0 + sqrt(1 - abar') (eta z + sqrt(1 - eta^2) eps)``); not the
+    standard DDIM eta of ``ddim_step``. Returns ``target`` for ``sigma_next = 0``."""
+    if sigma_next <= 0:
+        return target
+    return target + sigma_next * (eta * noise + math.sqrt(max(0.0, 1 - eta ** 2)) * eps_hat)
+
+
+def score(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
+    """VE score ``(D(x, sigma) - x) / sigma^2`` from a denoised estimate."""
+    return (denoised - x) / sigma ** 2
+
+
+def reverse_diffusion_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, sigma_next: float,
+                           noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """score_sde's VE ``ReverseDiffusionPredictor``: ``mean = x + (s^2 - s'^2) score``,
+    ``x' = mean + sqrt(s^2 - s'^2) z``; returns ``(x', mean)``. To ``sigma_next = 0`` the mean is
+    ``denoised`` and no noise is added."""
+    var = sigma ** 2 - sigma_next ** 2
+    mean = x + var * score(x, denoised, sigma)
+    return (mean + math.sqrt(max(var, 0.0)) * noise if sigma_next > 0 else mean), mean
+
+
+def langevin_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, snr: float,
+                  noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """score_sde's VE ``LangevinCorrector`` (one step): ``eps = 2 (snr ||z|| / ||score||)^2`` per
+    sample, ``mean = x + eps score``, ``x' = mean + sqrt(2 eps) z``; returns ``(x', mean)``. The
+    official code averages the norms over its batch (a chunk of slices); here each sample (a whole
+    volume) has its own step."""
+    g = score(x, denoised, sigma)
+    shape = (-1, *([1] * (x.ndim - 1)))
+    g_norm = g.reshape(g.shape[0], -1).norm(dim=1).clamp_min(1e-12)
+    z_norm = noise.reshape(noise.shape[0], -1).norm(dim=1)
+    eps = (2 * (snr * z_norm / g_norm) ** 2).reshape(shape)
+    mean = x + eps * g
+    return mean + (2 * eps).sqrt() * noise, mean
+
+
 # ---- guidance and data terms ----------------------------------------------------------------------
 
 
@@ -203,6 +251,30 @@ def model_clip(prior, problem):
         return None
     lo, hi = sorted(problem.to_model(torch.tensor(v, dtype=torch.float64)).item() for v in rng)
     return lambda x: x.clamp(lo, hi)
+
+
+def tv_dims(prior, x: torch.Tensor) -> tuple[int, ...]:
+    """The dim of a batch of volumes (N, C, D, H, W) that TV-along-z couples: the slice axis of a
+    slice-wise prior (``prior.slice_dim``), else the depth dim 2; none for 2D images."""
+    if x.ndim != 5:
+        return ()
+    return (int(getattr(prior, "slice_dim", 2)),)
+
+
+def admm_tv_data_step(problem, x: torch.Tensor, state: TVState, dims, lam: float, rho: float, cg_iters: int,
+                      gamma: float = 0.0, anchor: torch.Tensor | None = None) -> torch.Tensor:
+    """One ADMM-TV iteration (``operators.linalg.admm_tv_step``) on the model-space data term
+    ``1/2 ||y - forward(x)||^2`` of a linear ``problem``, started at ``x``: the shared volume
+    coupling of DDS and DiffusionMBIR (plain CG data consistency when ``lam = 0`` or no dims)."""
+    real = not x.is_complex()
+
+    def normal(v):
+        out = problem.adjoint(problem.linear_forward(v))
+        return (out.real if real and out.is_complex() else out).to(x.dtype)
+
+    data = problem.adjoint(problem.residual(x))
+    data = (data.real if real and data.is_complex() else data).to(x.dtype) + normal(x)
+    return admm_tv_step(x, normal, data, state, dims, lam, rho, cg_iters, gamma=gamma, anchor=anchor)
 
 
 # ---- noise and callbacks ----------------------------------------------------------------------------
@@ -349,3 +421,204 @@ class LinearPart:
         projection of ``x`` onto ``{forward = target}`` (least squares when it is empty);
         ``target`` holds one row per row of ``x``."""
         return x + self.pinv(target - self.problem.forward(x), rho).to(x.dtype)
+
+    # ---- spectral coordinates (an exact SVD of M), for per-singular-component samplers (DDRM, DDNM+) ----
+    #
+    # ``M = U diag(s) V^T`` with orthonormal columns of ``U`` and ``V``: ``to_spectral(x) = V^T x``,
+    # ``from_spectral(c) = V c``, ``singular_values`` the ``s`` of every spectral coordinate (0 where
+    # ``M`` does not see it) and ``y_spectral = diag(s)^+ U^T (y - c)``. Where ``V`` has fewer columns
+    # than the model dimension (``dense`` with fewer measurements than unknowns, average pooling) the
+    # rest of the model space is ``null_part(x) = x - V V^T x``, on which ``M`` is zero. Available for
+    # the ``svd`` backend (deepinv ``DecomposablePhysics`` whose ``V`` is orthonormal: inpainting,
+    # Cartesian single-coil MRI), the ``dense`` backend, and invsolve's ``AveragePooling`` at any size
+    # (``M M^T = f^-k / scale^2 I``: ``U = I``, ``V^T = M / s``); ``spectral_unavailable()`` says why not
+    # otherwise (CT and blur beyond ``dense_max``; deepinv ``BlurFFT``, whose real-FFT ``V`` is not
+    # orthonormal in deepinv 0.5).
+
+    def spectral_unavailable(self) -> str | None:
+        """``None`` when the exact spectral methods below apply, else the reason they do not."""
+        if getattr(self, "_spectral_checked", False):
+            return self._spectral_reason
+        from operators.resolution import AveragePooling
+
+        physics, reason = self.problem.physics, None
+        self._spectral = self.backend
+        if self.backend == "svd":
+            g = torch.Generator().manual_seed(0)
+            probe = torch.randn((1, *self.sample_shape), generator=g)
+            spec = physics.V_adjoint(probe)
+            mask = self._mask(spec)
+            if spec.is_complex() or mask.is_complex():
+                reason = f"{type(physics).__name__}'s singular vectors are complex"
+            elif not (torch.allclose(spec.norm(), probe.norm(), rtol=1e-4)
+                      and torch.allclose(physics.V(spec), probe, atol=1e-4 * float(probe.abs().max()))):
+                reason = (f"{type(physics).__name__}'s V is not orthonormal (deepinv's BlurFFT keeps half of a "
+                          "real FFT), so its mask is not the singular values of A")
+        elif self.backend == "cg":
+            if isinstance(physics, AveragePooling):
+                self._spectral = "pool"
+                self._pool_s = (physics.factor ** -len(physics.axes)) ** 0.5 / abs(self.problem.scale)
+            else:
+                reason = (f"{type(physics).__name__} has no exact SVD here: it is not a decomposable physics and its "
+                          f"per-sample dimension {math.prod(self.sample_shape)} exceeds the dense limit")
+        self._spectral_checked, self._spectral_reason = True, reason
+        return reason
+
+    def _require_spectral(self) -> str:
+        reason = self.spectral_unavailable()
+        if reason is not None:
+            from operators.errors import PhysicsError
+            raise PhysicsError(f"no exact SVD of the operator: {reason}")
+        return self._spectral
+
+    def to_spectral(self, x: torch.Tensor) -> torch.Tensor:
+        """``V^T x`` per row (``svd``: the physics' ``V_adjoint``, same shape; ``dense``: (N, r)
+        float64; average pooling: measurement-shaped)."""
+        kind = self._require_spectral()
+        if kind == "svd":
+            return self.problem.physics.V_adjoint(x)
+        if kind == "dense":
+            return self._rows(x) @ self.V
+        return self.problem.linear_forward(x) / self._pool_s
+
+    def from_spectral(self, c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``V c`` in model space, shaped and typed like ``like``."""
+        kind = self._require_spectral()
+        if kind == "svd":
+            out = self.problem.physics.V(c)
+        elif kind == "dense":
+            out = (c @ self.V.T).reshape(c.shape[0], *self.sample_shape)
+        else:
+            out = self.problem.adjoint(c) / self._pool_s
+        return out.to(like.dtype)
+
+    def singular_values(self, spectral: torch.Tensor) -> torch.Tensor:
+        """The ``s`` of ``M`` for each spectral coordinate of ``spectral`` (broadcastable to it)."""
+        kind = self._require_spectral()
+        if kind == "svd":
+            return (self._mask(spectral) / self.problem.scale).to(spectral.dtype).expand_as(spectral[:1])
+        if kind == "dense":
+            return self.s.reshape(1, -1)
+        return torch.full_like(spectral[:1], self._pool_s)
+
+    def y_spectral(self, batch: int, like: torch.Tensor) -> torch.Tensor:
+        """``diag(s)^+ U^T (y - c)`` for a model batch of ``batch`` rows (0 where ``s = 0``): the
+        measurement as an unbiased estimate of ``V^T x`` on the seen coordinates; ``like`` gives the
+        model dtype and device."""
+        kind = self._require_spectral()
+        r = self.problem.residual(torch.zeros((batch, *self.sample_shape), dtype=like.dtype, device=like.device))
+        if kind == "svd":
+            ur = self.problem.physics.U_adjoint(r)
+        elif kind == "dense":
+            ur = self._rows(r) @ self.U
+        else:
+            ur = r.to(like.dtype)
+        s = self.singular_values(ur)
+        return torch.where(s != 0, ur / torch.where(s != 0, s, torch.ones_like(s)), torch.zeros_like(ur))
+
+    def null_part(self, x: torch.Tensor) -> torch.Tensor:
+        """``x - V V^T x``: the part of ``x`` outside the spectral coordinates (zeros for ``svd``,
+        whose ``V`` is a full basis; its unseen coordinates are those with ``s = 0``)."""
+        if self._require_spectral() == "svd":
+            return torch.zeros_like(x)
+        return x - self.from_spectral(self.to_spectral(x), x)
+
+
+# ---- sequential Monte Carlo: log weights and resampling --------------------------------------------
+# Particles are grouped per posterior sample: log-weights have shape (n_groups, n_particles) and
+# each group is normalized and resampled on its own. With a list of per-sample generators the
+# groups are split evenly between them (group g belongs to generator g // (n_groups / len(list))),
+# and every call draws the same numbers from each generator whatever the other groups do, so a
+# batch of draws equals the same draws made one at a time.
+
+
+def log_normalize(logw: torch.Tensor) -> torch.Tensor:
+    """Log-weights normalized per group (last dimension): ``logw - logsumexp(logw)``; stable for
+    any magnitude (log-weights of -1e4 are fine)."""
+    return logw - torch.logsumexp(logw, dim=-1, keepdim=True)
+
+
+def ess(logw: torch.Tensor) -> torch.Tensor:
+    """Effective sample size ``1 / sum_p w_p^2`` of normalized weights, per group, from log-weights."""
+    return torch.exp(-torch.logsumexp(2 * log_normalize(logw), dim=-1))
+
+
+def group_uniforms(n_groups: int, count: int, generator: Generator, dtype=torch.float64, device=None) -> torch.Tensor:
+    """``(n_groups, count)`` uniforms on [0, 1); with a list of generators, generator j draws the
+    rows of its own groups only (``n_groups`` must be a multiple of the list's length)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        device = device if device is not None or generator is None else generator.device
+        return torch.rand((n_groups, count), generator=generator, dtype=dtype, device=device)
+    if n_groups % len(generator):
+        raise ConfigError(f"{n_groups} particle groups do not divide among {len(generator)} generators")
+    per = n_groups // len(generator)
+    return torch.cat([torch.rand((per, count), generator=g, dtype=dtype,
+                                 device=device if device is not None else g.device) for g in generator])
+
+
+def _inverse_cdf(logw: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Indices ``i`` with ``cdf[i-1] <= u < cdf[i]`` for each position ``u`` in [0, 1), per group."""
+    cdf = torch.cumsum(log_normalize(logw.to(torch.float64)).exp(), dim=-1)
+    cdf[..., -1] = 1.0  # rounding: the last bin always closes at 1
+    idx = torch.searchsorted(cdf, positions.to(cdf.dtype).contiguous(), right=True)
+    return idx.clamp_max(logw.shape[-1] - 1)
+
+
+def systematic_resample(logw: torch.Tensor, generator: Generator) -> torch.Tensor:
+    """Systematic resampling (Kitagawa 1996): ancestor indices ``(n_groups, n_particles)`` for
+    log-weights ``(n_groups, n_particles)``; one uniform ``u`` per group, positions ``(u + p) / P``.
+    Particle ``p`` is copied ``floor(P w_p)`` or ``ceil(P w_p)`` times (unbiased counts)."""
+    n_groups, n_particles = logw.shape
+    u = group_uniforms(n_groups, 1, generator, device=logw.device)
+    positions = (u + torch.arange(n_particles, dtype=torch.float64, device=logw.device)) / n_particles
+    return _inverse_cdf(logw, positions)
+
+
+def resample_if(logw: torch.Tensor, threshold: float, generator: Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Systematic resampling of the groups whose ESS is below ``threshold * n_particles``.
+
+    Returns ``(indices, new_logw)``: resampled groups get their ancestors and uniform log-weights
+    (``-log P``), the others the identity and their normalized log-weights. The uniforms are drawn
+    for every group (used or not), so the generators advance alike whichever groups resample.
+    ``threshold = 1``: resample whenever the weights are not uniform (TDS's default); 0: never.
+    """
+    n_groups, n_particles = logw.shape
+    logw = log_normalize(logw)
+    ancestors = systematic_resample(logw, generator)
+    low = ess(logw) < threshold * n_particles
+    identity = torch.arange(n_particles, device=logw.device).expand(n_groups, n_particles)
+    indices = torch.where(low[:, None], ancestors, identity)
+    new_logw = torch.where(low[:, None], torch.full_like(logw, -math.log(n_particles)), logw)
+    return indices, new_logw
+
+
+def draw_one(logw: torch.Tensor, generator: Generator) -> torch.Tensor:
+    """One index per group drawn from its normalized weights (a single inverse-CDF draw), ``(n_groups,)``."""
+    u = group_uniforms(logw.shape[0], 1, generator, device=logw.device)
+    return _inverse_cdf(logw, u)[:, 0]
+
+
+def to_groups(x: torch.Tensor, n_particles: int) -> torch.Tensor:
+    """``(P * N, ...)`` particle-major rows (row ``p * N + g``: particle ``p`` of group ``g``, which
+    keeps ``problem.tiled_y``'s sample-major matching) to ``(N, P, ...)``."""
+    return x.reshape(n_particles, -1, *x.shape[1:]).transpose(0, 1)
+
+
+def from_groups(x: torch.Tensor) -> torch.Tensor:
+    """``(N, P, ...)`` back to the particle-major rows ``(P * N, ...)`` of ``to_groups``."""
+    return x.transpose(0, 1).reshape(-1, *x.shape[2:])
+
+
+def select(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Particle-major rows ``(P * N, ...)`` rearranged by per-group indices ``(N, P')``: particle
+    ``p`` of group ``g`` becomes ``x``'s particle ``indices[g, p]`` of ``g``; returns ``(P' * N, ...)``."""
+    grouped = to_groups(x, x.shape[0] // indices.shape[0])
+    rows = torch.arange(indices.shape[0], device=x.device)[:, None]
+    return from_groups(grouped[rows, indices.to(x.device)])
+
+
+def particle_noise(shape: Sequence[int], n_particles: int, generator: Generator, dtype=torch.float32) -> torch.Tensor:
+    """Standard normal noise for particle-major rows ``(P * N, ...)``; with a list of generators,
+    generator j draws the particles of its own groups only (as ``randn`` does for samples)."""
+    n = shape[0] // n_particles
+    return from_groups(randn((n * n_particles, *shape[1:]), generator, dtype).reshape(n, n_particles, *shape[1:]))
