@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import operators
 from . import samplers
 from .demo import DemoConfig, format_table
 from .demo import run as run_demo
+from .argtypes import CommandParser, bounded, key_value
 from .errors import ConfigError, InvsolveError
 from .fastmri.commands import add_parsers as add_fastmri_parsers  # bench fastmri|report, fastmri synth
 from .priors.base import PriorCard
@@ -111,16 +111,6 @@ def _read_card(folder):
     return PriorCard.from_dict(json.loads((folder / "card.json").read_text()))
 
 
-def _key_value(text: str):
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"give KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def _card_lines(card, source: str, weights: str) -> list[str]:
     meta = card.metadata
     lines = [f"{card.name}: {card.description}",
@@ -159,44 +149,6 @@ def _info(args) -> int:
     parameters = sum(p.numel() for p in prior.parameters()) if hasattr(prior, "parameters") else "?"
     print("\n".join(_card_lines(prior.card, str(args.prior or args.repo_id), f"{parameters} parameters loaded")))
     return 0
-
-
-def bounded(kind=int, low=None, high=None, *, low_open: bool = False, high_open: bool = False):
-    """An argparse ``type=``: parse an int or a finite float and check ``low <= value <= high``
-    (``<`` with ``low_open`` / ``high_open``); argparse names the flag in the error."""
-    if low is not None and high is not None:
-        rule = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    elif low is not None:
-        rule = f"{'>' if low_open else '>='} {low:g}"
-    else:
-        rule = f"{'<' if high_open else '<='} {high:g}" if high is not None else ""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-        if (low is not None and (value <= low if low_open else value < low)) or \
-                (high is not None and (value >= high if high_open else value > high)):
-            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
-        return value
-    return parse
-
-
-class CommandParser(argparse.ArgumentParser):
-    """The ``invsolve`` parser and its subcommands' (argparse makes subparsers of the same class):
-    every one takes ``--debug``, and a usage error is one line on stderr, exit status 2."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # SUPPRESS: a subcommand that is not given --debug leaves the top-level value alone
-        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                          help="show the full traceback of an error instead of one line")
-
-    def error(self, message):
-        self.exit(2, f"invsolve: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--repo-id", default=None, help="Hugging Face Hub repository to fetch (with --download)")
     info.add_argument("--filename", default=None, help="file in --repo-id (default: the whole repository)")
     info.add_argument("--revision", default=None, help="revision of --repo-id")
-    info.add_argument("--option", action="append", type=_key_value, metavar="KEY=VALUE",
+    info.add_argument("--option", action="append", type=key_value, metavar="KEY=VALUE",
                       help="a loader option, VALUE parsed as JSON when it parses (e.g. config='{\"image_size\": 64}', "
                            "ema=false); repeatable")
     info.add_argument("--download", action="store_true",

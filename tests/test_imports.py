@@ -24,21 +24,11 @@ PACKAGES = ("invsolve", "operators")
 # matplotlib is a required dependency and is imported at module top like the others.
 LAZY_ALLOWED = {"astra", "sigpy", "diffusers", "huggingface_hub", "ray", "pydicom", "nilearn"}
 
-# Work in progress elsewhere (issue 11); empty these sets as it lands.
-# PENDING: files other engineers are editing right now, whose function-local imports are not
-# checked by ``test_function_local_imports_are_optional_dependencies`` yet.
-PENDING = {
-    "invsolve/problem.py",
-    "invsolve/priors/base.py",
-    "invsolve/priors/latent.py",
-    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "invsolve" / "samplers").glob("*.py")),
-}
-# PENDING_CYCLES: cycles (their module sets) not reported by ``test_no_import_cycles`` yet, and
-# PENDING_LOCAL: (file, module) function-local imports allowed meanwhile. ``invsolve.fastmri.commands``
-# takes the argparse type ``bounded`` from ``invsolve.cli``, which imports it: move ``bounded`` to a
-# module both import (the CLI's error-path work) and drop both entries.
-PENDING_CYCLES: set[frozenset[str]] = {frozenset({"invsolve.cli", "invsolve.fastmri.commands"})}
-PENDING_LOCAL: set[tuple[str, str]] = {("invsolve/fastmri/commands.py", "invsolve.cli")}
+# Exemptions while work is in progress (all empty now): files whose function-local imports are not
+# checked yet, cycles not reported yet, and (file, module) function-local imports allowed meanwhile.
+PENDING: set[str] = set()
+PENDING_CYCLES: set[frozenset[str]] = set()
+PENDING_LOCAL: set[tuple[str, str]] = set()
 
 
 def _module_name(path: pathlib.Path) -> str:

@@ -11,6 +11,7 @@ from .executors import make_executor
 from .report import write_report
 from .runner import BenchConfig, check_options, default_data, default_prior, run
 from .synth import synthesize
+from ..argtypes import bounded
 
 
 def _csv(kind):
@@ -91,7 +92,6 @@ def _fastmri_synth(args) -> int:
 
 def add_parsers(sub) -> None:
     """Add ``bench`` (``fastmri``, ``report``) and ``fastmri`` (``synth``) to the ``invsolve`` command."""
-    from ..cli import bounded  # not at the top: invsolve.cli imports this module (see tests/test_imports.py)
 
     d = BenchConfig(data="")
     bench = sub.add_parser("bench", help="benchmarks: run the fastMRI benchmark, write its report")
