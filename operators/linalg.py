@@ -1,5 +1,8 @@
 """The one conjugate-gradient solver of the project, and the least-squares solve built on it.
 
+Also the volume coupling shared by DDS and DiffusionMBIR: circular finite differences along
+an axis, soft thresholding and one ADMM-TV iteration (``admm_tv_step``).
+
 Used by the samplers' model-space solves (``invsolve.samplers.toolkit.LinearPart``), CG-SENSE
 (``operators.mri``) and the classical baselines. It lives in the bottom layer so that operators
 and the library share it without an upward import.
@@ -15,6 +18,8 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+
+from .errors import ConfigError
 
 
 def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -107,3 +112,87 @@ def operator_norm_sq(physics, like: torch.Tensor, iters: int = 100, tol: float =
             return new
         value = new
     return value
+
+
+# ---- finite differences, soft thresholding and ADMM-TV (the volume coupling of DDS / DiffusionMBIR) ----
+
+
+def forward_diff(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``(D x)_i = x_{i+1} - x_i`` along ``dim``, circular (the last entry wraps to the first), as
+    DiffusionMBIR's and DDS's ``D_z``."""
+    return torch.roll(x, -1, dim) - x
+
+
+def forward_diff_adjoint(g: torch.Tensor, dim: int) -> torch.Tensor:
+    """``D^T g`` of ``forward_diff``: ``(D^T g)_i = g_{i-1} - g_i`` (circular)."""
+    return torch.roll(g, 1, dim) - g
+
+
+def soft_threshold(v: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``sign(v) max(|v| - threshold, 0)``: the proximal map of ``threshold * ||.||_1``."""
+    return torch.sign(v) * torch.clamp(v.abs() - threshold, min=0)
+
+
+class TVState:
+    """The splitting variables ``w_d`` (``~ D_d x``) and scaled duals ``u_d`` of ADMM-TV, one per
+    difference dim; zero until the first step, then kept across steps (DiffusionMBIR and DDS keep
+    them across all diffusion steps)."""
+
+    def __init__(self):
+        self.w: dict[int, torch.Tensor] = {}
+        self.u: dict[int, torch.Tensor] = {}
+
+
+def tv_objective(x: torch.Tensor, residual: torch.Tensor, dims, lam: float) -> torch.Tensor:
+    """Per batch row, ``1/2 ||residual||^2 + lam sum_d ||D_d x||_1`` (the problem ADMM-TV solves)."""
+    r = torch.view_as_real(residual) if residual.is_complex() else residual
+    value = 0.5 * r.reshape(r.shape[0], -1).pow(2).sum(1)
+    for d in dims:
+        value = value + lam * forward_diff(x, d).reshape(x.shape[0], -1).abs().sum(1)
+    return value
+
+
+def admm_tv_step(x: torch.Tensor, normal: Callable[[torch.Tensor], torch.Tensor], data_rhs: torch.Tensor,
+                 state: TVState | None, dims, lam: float, rho: float, cg_iters: int, gamma: float = 0.0,
+                 anchor: torch.Tensor | None = None, tol: float = 1e-6) -> torch.Tensor:
+    """One scaled-form ADMM iteration for ``min_x 1/2 ||b - M x||^2 + lam sum_d ||D_d x||_1
+    (+ gamma/2 ||x - anchor||^2)`` with ``D_d = forward_diff(., d)`` over ``dims``:
+
+        x   <- CG_{cg_iters}( M^T M + rho sum_d D_d^T D_d + gamma I,
+                              M^T b + rho sum_d D_d^T (w_d - u_d) + gamma anchor ),  started at x
+        w_d <- soft_threshold(D_d x + u_d, lam / rho)
+        u_d <- u_d + D_d x - w_d
+
+    ``normal(v) = M^T M v`` and ``data_rhs = M^T b`` are given by the caller; ``state`` holds
+    ``w``, ``u`` (updated in place). With ``lam = 0`` or no ``dims`` this is ``cg_iters`` CG steps
+    on ``(M^T M + gamma I) x = M^T b + gamma anchor`` (DDS's data consistency).
+    """
+    dims = tuple(dims) if lam > 0 else ()
+    if dims and not rho > 0:
+        raise ConfigError(f"ADMM-TV needs rho > 0 when lam > 0, got rho={rho}")
+    if gamma < 0:
+        raise ConfigError(f"gamma must be >= 0, got {gamma}")
+    if gamma > 0 and anchor is None:
+        raise ConfigError("gamma > 0 needs an anchor (the point the proximal term pulls towards)")
+    state = TVState() if state is None else state
+    rhs = data_rhs + gamma * anchor if gamma > 0 else data_rhs.clone()
+    for d in dims:
+        w = state.w.get(d)
+        if w is not None:
+            rhs = rhs + rho * forward_diff_adjoint(w - state.u[d], d)
+
+    def apply(v):
+        out = normal(v)
+        if gamma > 0:
+            out = out + gamma * v
+        for d in dims:
+            out = out + rho * forward_diff_adjoint(forward_diff(v, d), d)
+        return out
+
+    x = cg(apply, rhs, x0=x, iters=cg_iters, tol=tol)
+    for d in dims:
+        dx = forward_diff(x, d)
+        u = state.u.get(d, torch.zeros_like(dx))
+        w = soft_threshold(dx + u, lam / rho)
+        state.w[d], state.u[d] = w, u + dx - w
+    return x

@@ -55,12 +55,12 @@ SMALL = {
 }
 # samplers that need linear physics (issue 6: MCG projects; DiffPIR, PiGDM, DMPS use closed forms;
 # issue 15: DDRM works in the SVD basis, DDNM projects)
-LINEAR_ONLY = {"mcg", "diffpir", "pigdm", "dmps", "ddrm", "ddnm"}
+LINEAR_ONLY = {"mcg", "diffpir", "pigdm", "dmps", "ddrm", "ddnm", "dds", "diffusionmbir"}  # issue 12: CG / ADMM-TV data steps
 # samplers that need an exact SVD of the operator (toolkit.LinearPart's spectral methods): they
 # must raise a PhysicsError naming an alternative ('ddnm') for operators that have none here
 SVD_ONLY = {"ddrm"}
 # samplers that run on any physics
-GENERAL = {"dps", "reddiff", "daps", "flowdps"}
+GENERAL = {"dps", "reddiff", "daps", "flowdps", "tpdm"}
 SIGMA_Y = 0.01
 
 

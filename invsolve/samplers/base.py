@@ -118,9 +118,9 @@ class CountingPrior:
         self.prior = prior
         self.calls = 0
 
-    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, sigma, **kwargs) -> torch.Tensor:
         self.calls += 1
-        return self.prior(x, sigma)
+        return self.prior(x, sigma, **kwargs)  # kwargs: e.g. a slice-wise prior's axis (TPDM)
 
     def __getattr__(self, name):
         return getattr(self.prior, name)
