@@ -19,7 +19,7 @@ sqrt(1 - abar') (eta z + sqrt(1 - eta^2) eps)`` divided by ``sqrt(abar')``), ``f
         sigma' >= n_i:      xb'_i = yb_i + sqrt(sigma'^2 - n_i^2) z                  (Lambda_i = 1)
         sigma' <  n_i:      xb'_i = x0b_i + Lambda_i (yb_i - x0b_i) + eta sigma' z,
                             Lambda_i = sqrt(1 - eta^2) sigma' / n_i
-    DDNM+ without an exact SVD (CT, large blur; the paper's scalar Sigma_t = lambda I, Phi_t = gamma I,
+    DDNM+ without an exact SVD (CT, large blur) or with plus_rule="scalar" (the paper's scalar Sigma_t = lambda I, Phi_t = gamma I,
     with a_t = 1 in VE), n = sqrt(E||M^+ e||^2 / rank M) sigma_y the mean noise per seen coordinate:
         lambda = min(1, sigma' / n);  x0_y = x0_hat + lambda M^+ (y - forward(x0_hat))
         x'     = x0_y + sqrt(sigma'^2 - (lambda n)^2) (eta z + sqrt(1 - eta^2) eps_hat)
@@ -32,7 +32,7 @@ classes; the official code has no DDNM+ for operators without its ``Lambda`` (it
 ``NotImplementedError``), invsolve uses the paper's scalar rule there, with ``n`` estimated once by
 4 Hutchinson probes from a fixed generator. No time travel (official configs: ``travel_length =
 travel_repeat = 1``, i.e. none; only ``oldphoto.yml`` uses 2). The step's ``eta`` is the official
-"eta-DDIM" mixing above, not ``toolkit.ddim_step``'s standard DDIM ``eta``. ``sigma_y`` is in the
+"eta-DDIM" mixing above (``toolkit.eta_ddim_step``), not ``toolkit.ddim_step``'s standard DDIM ``eta``. ``sigma_y`` is in the
 physical units of ``y`` (the official doubles it for [-1, 1] images; invsolve's ``M`` carries the
 data map).
 """
@@ -47,7 +47,7 @@ import torch
 from operators.errors import ConfigError
 
 from .base import register
-from .toolkit import LinearPart, noise_estimate, randn, report, sigma_grid, step_noise
+from .toolkit import LinearPart, eta_ddim_step, noise_estimate, randn, report, sigma_grid, step_noise
 
 PROBES = 4
 
@@ -65,6 +65,9 @@ class DDNM:
     :param noise_aware: use DDNM+ when ``sigma_y > 0`` (default). ``False`` forces DDNM's hard
         range-space replacement, which copies the measurement noise, amplified by ``1 / s_i``,
         into every sample.
+    :param plus_rule: DDNM+'s rule: ``"auto"`` (the official per-singular-component ``Lambda``
+        where ``M`` has an exact SVD, the paper's scalar ``lambda_t`` otherwise) or ``"scalar"``
+        (the paper's scalar rule everywhere).
     :param schedule: ``"uniform"`` (official: timesteps ``990, 980, ..., 0`` for 100 steps),
         ``"ddpm"`` or ``"karras"``.
     :param cg_iters: conjugate-gradient iterations for ``M^+`` where no exact solve exists.
@@ -74,6 +77,7 @@ class DDNM:
     steps: int = 100
     eta: float = 0.85
     noise_aware: bool = True
+    plus_rule: str = "auto"
     schedule: str = "uniform"
     cg_iters: int = 50
     sigma_max: float | None = None
@@ -88,6 +92,8 @@ class DDNM:
     def __post_init__(self):
         if not 0.0 <= self.eta <= 1.0:
             raise ConfigError(f"eta must lie in [0, 1], got {self.eta}")
+        if self.plus_rule not in ("auto", "scalar"):
+            raise ConfigError(f"plus_rule must be 'auto' or 'scalar', got {self.plus_rule!r}")
         if self.schedule not in ("uniform", "ddpm", "karras"):
             raise ConfigError(f"schedule must be 'uniform', 'ddpm' or 'karras', got {self.schedule!r}")
 
@@ -95,7 +101,7 @@ class DDNM:
         lin = LinearPart(problem, x_shape, iters=self.cg_iters, who="DDNM")
         sigmas = sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()
         plus = self.noise_aware and problem.sigma_y > 0
-        spectral = plus and lin.spectral_unavailable() is None
+        spectral = plus and self.plus_rule == "auto" and lin.spectral_unavailable() is None
         keep = math.sqrt(1 - self.eta ** 2)
         x = sigmas[0] * randn(x_shape, generator)
         with torch.no_grad():
@@ -114,14 +120,14 @@ class DDNM:
                 eps = noise_estimate(x, denoised, sigma)
                 z = step_noise(x, generator, sigma_next)
                 if not plus:
-                    x = lin.project(denoised, y) + sigma_next * (self.eta * z + keep * eps)
+                    x = eta_ddim_step(lin.project(denoised, y), eps, sigma_next, self.eta, z)
                 elif spectral:
                     x = self._spectral_step(lin, denoised, eps, z, yb, s, noise_y, sigma_next)
                 else:
                     lam = min(1.0, sigma_next / n_eff)
                     x0_y = denoised + lam * lin.pinv(y - problem.forward(denoised)).to(x.dtype)
                     gamma = math.sqrt(max(0.0, sigma_next ** 2 - (lam * n_eff) ** 2))
-                    x = x0_y + gamma * (self.eta * z + keep * eps)
+                    x = x0_y + gamma * (self.eta * z + keep * eps)  # eta-DDIM noise scaled to gamma
             report(callback, i, len(sigmas) - 1, sigma, x, denoised)
         return x.detach()
 
