@@ -67,8 +67,8 @@ class DDS:
     OFFICIAL = dict(steps=50, eta=0.85, cg_steps=5, rho=10.0, tv_z=0.04)  # solver_3d.py, SV-CT 8 views
     PRESETS = {
         # invsolve's 8-view parallel-beam CT (operators "ct", 64^2 slices, ct-phantom64, model space [-1, 1]):
-        # eta, cg_steps as official; rho, tv_z scaled to this operator (||M||^2 ~ 124) and chosen on
-        # training-seed phantom volumes (benchmarks/volume/tune.py)
+        # eta, cg_steps, rho as official; tv_z the best of 0.1 / 0.5 / 2 on a training-seed volume
+        # (benchmarks/volume/run.py --tune: 32.8 / 33.6 / 32.4 dB axial)
         "ct-sparse8": dict(steps=30, eta=0.85, cg_steps=5, rho=10.0, tv_z=0.5),
         # 4x Cartesian CS-MRI (official eval_mri.sh: 4x uniform1d, 50 steps, eta 0.85, CG 5; 2D, no TV)
         "mri-cs4": dict(steps=50, eta=0.85, cg_steps=5, tv_z=0.0),
