@@ -1,4 +1,4 @@
-"""The ``invsolve`` command: ``demo``, ``train``, ``list``, ``info``, ``evaluate``, ``bench`` and ``fastmri``."""
+"""The ``invsolve`` command: ``demo``, ``reconstruct``, ``train``, ``list``, ``info``, ``evaluate``, ``bench`` and ``fastmri``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 import operators
 
@@ -22,6 +23,7 @@ from .priors.evaluation import evaluate_files, evaluate_prior, record_evaluation
 from .priors.loaders import list_priors, load_prior, resolve
 from .priors.training import TrainConfig
 from .priors.training import train as train_prior
+from .reconstruct import load_run_config, reconstruct
 
 # what a bad input raises: invsolve's own family, the file errors, and the built-ins that library
 # code (and Python itself, for a bad keyword) still raises for an argument it cannot use
@@ -109,6 +111,57 @@ def _list(args) -> int:
 
 def _read_card(folder):
     return PriorCard.from_dict(json.loads((folder / "card.json").read_text()))
+
+
+def _reconstruct(args) -> int:
+    """``invsolve reconstruct``: options from ``--config`` (a JSON/YAML file or an earlier record.json),
+    then the flags given on the command line."""
+    options = {}
+    if args.config:
+        options = load_run_config(args.config)
+    flags = {"input": args.input, "out": args.out, "simulate": args.simulate, "operator": args.operator,
+             "sigma_y": args.sigma_y, "prior": args.prior, "prior_format": args.format, "sampler": args.sampler,
+             "preset": args.preset, "samples": args.samples, "steps": args.steps, "seed": args.seed,
+             "device": args.device, "threads": args.threads, "window": tuple(args.window) if args.window else None}
+    options.update({k: v for k, v in flags.items() if v is not None})
+    for name in ("resize", "save_samples", "force"):
+        if getattr(args, name):
+            options[name] = True
+    if args.no_fit_check:
+        options["check_fit"] = False
+    for key, value in args.set or ():
+        target, sep, field = key.partition(".")
+        if sep and target == "sampler":
+            options.setdefault("sampler_params", {})[field] = value
+        else:
+            options.setdefault("operator_params", {})[key] = value
+    if "input" not in options:
+        raise ConfigError("give the INPUT file (or --config with an earlier record.json)")
+    options.setdefault("out", f"{Path(options['input']).name.split('.')[0]}-recon")
+    bar = None
+
+    def progress(info):  # a bar on stderr, opened at the first step
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(desc=f"{options.get('sampler', 'dps')}", total=info["steps"], unit="step", file=sys.stderr)
+        bar.update(1)
+
+    def log(message):  # the prior-fit verdict; with --quiet only a warning
+        if not args.quiet or message.startswith("warning"):
+            print(message, file=sys.stderr)
+
+    try:
+        _, record = reconstruct(options.pop("input"), progress=None if args.quiet else progress, log=log, **options)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        metrics = record.get("metrics")
+        if metrics:
+            print("  ".join(f"{k} {v}" for k, v in metrics.items()))
+        print(f"wrote {record['config']['out']}/: {', '.join(record['outputs'])} "
+              f"({record['nfe']} NFE, {record['seconds']:.1f} s)")
+    return 0
 
 
 def _card_lines(card, source: str, weights: str) -> list[str]:
@@ -259,6 +312,36 @@ def build_parser() -> argparse.ArgumentParser:
                     help="record the result in the prior's card.json (metadata.evaluation); weights untouched")
     ev.add_argument("--json", action="store_true", help="also print the full result as JSON")
     ev.set_defaults(func=_evaluate)
+    r = sub.add_parser("reconstruct", help="posterior sampling on your own file: a measurement (--operator) or a clean "
+                       "image or volume to simulate from (--simulate); writes mean, std, a figure and record.json")
+    r.add_argument("input", nargs="?", default=None, help="PNG, NPY, NIfTI, DICOM file or series folder")
+    mode = r.add_mutually_exclusive_group()
+    mode.add_argument("--simulate", metavar="OPERATOR", help="INPUT is a clean image: measure it with this operator "
+                      "or preset (invsolve list operators), reconstruct and score against it")
+    mode.add_argument("--operator", metavar="NAME", help="INPUT is the measurement of this operator or preset")
+    r.add_argument("--set", type=key_value, action="append", metavar="KEY=VALUE",
+                   help="an operator parameter (e.g. views=8), or sampler.KEY=VALUE for a sampler hyperparameter")
+    r.add_argument("--sigma-y", type=bounded(float, 0), default=None,
+                   help="noise std of the measurement in its units (required with --operator; --simulate default 0.05)")
+    r.add_argument("--prior", default=None, help="shipped prior name, prior folder or checkpoint file (default: ct-phantom64)")
+    r.add_argument("--format", default=None, help="checkpoint format of --prior (default: detected)")
+    r.add_argument("--sampler", default=None, help="sampler (invsolve list samplers; default: dps)")
+    r.add_argument("--preset", default=None, help="the sampler's preset (e.g. ct-sparse8)")
+    r.add_argument("--samples", type=bounded(int, 1), default=None, help="posterior draws (default: 4)")
+    r.add_argument("--steps", type=bounded(int, 1), default=None, help="sampler steps (default: the sampler's or preset's)")
+    r.add_argument("--seed", type=int, default=None, help="seed of the noise and the draws (default: 0)")
+    r.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")
+    r.add_argument("--threads", type=bounded(int, 1), default=None, help="torch CPU threads (default: torch's)")
+    r.add_argument("--window", type=float, nargs=2, metavar=("LO", "HI"), default=None,
+                   help="intensity window mapped to [0, 1] (e.g. CT HU -1000 1000; default: 0.5/99.5 percentiles)")
+    r.add_argument("--resize", action="store_true", help="resample the input to the prior's size and the results back")
+    r.add_argument("--save-samples", action="store_true", help="also write every posterior draw")
+    r.add_argument("--no-fit-check", action="store_true", help="skip the check of the data against the prior")
+    r.add_argument("--config", default=None, help="a JSON/YAML run file or an earlier record.json: reproduces that run")
+    r.add_argument("--out", default=None, help="output folder (default: INPUT's name + '-recon')")
+    r.add_argument("--force", action="store_true", help="replace --out if invsolve wrote it (never other folders)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    r.set_defaults(func=_reconstruct)
     add_fastmri_parsers(sub)
     return parser
 

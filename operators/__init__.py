@@ -8,13 +8,15 @@ and is listed by ``names()`` under the entry point's name.
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from importlib import import_module
 from importlib.metadata import entry_points
 from typing import Callable
 
 from deepinv.physics import Physics
 
-from .errors import ConfigError, UnknownNameError, UnknownOptionError
+from .errors import ConfigError, UnknownNameError, UnknownOptionError, closest_first
 
 ENTRY_POINT_GROUP = "invsolve.operators"
 
@@ -52,8 +54,21 @@ def make(name: str, **params) -> Physics:
     """Build the operator or preset ``name`` with ``params`` (see ``docs/operators.md``)."""
     _load_entry_points()
     if name not in _REGISTRY:
-        raise UnknownNameError(f"unknown operator {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**params)
+        raise UnknownNameError(f"unknown operator {name!r}; available: {closest_first(name, _REGISTRY)}")
+    with warnings.catch_warnings(record=True) as caught:  # deepinv's Physics takes **kwargs and only warns
+        warnings.simplefilter("always")
+        physics = _REGISTRY[name](**params)
+    ignored = [w for w in caught if "are ignored" in str(w.message) and "passed to" in str(w.message)]
+    for w in caught:
+        if w not in ignored:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if ignored:
+        unknown = sorted(k for k in params if f"'{k}'" in str(ignored[0].message)) or sorted(params)
+        valid = [p for p in inspect.signature(type(physics).__init__).parameters
+                 if p not in ("self", "args", "kwargs")]
+        raise UnknownOptionError(f"operator {name!r} does not take {unknown}; its parameters: "
+                                 f"{closest_first(unknown[0], valid)}")
+    return physics
 
 
 def _builder(module: str, function: str, **fixed) -> Callable[..., Physics]:

@@ -19,7 +19,9 @@ importing ``invsolve``; ``invsolve.errors`` is their public home.
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "InvsolveError", "PhysicsError", "UnknownNameError",
+import difflib
+
+__all__ = ["closest_first", "CheckpointError", "ConfigError", "DataError", "InvsolveError", "PhysicsError", "UnknownNameError",
            "UnknownOptionError"]
 
 
@@ -53,3 +55,11 @@ class CheckpointError(InvsolveError, ValueError):
 
 class PhysicsError(InvsolveError, TypeError):
     """Physics that does not support what is asked, e.g. a method that needs linear physics."""
+
+
+def closest_first(name: str, choices) -> str:
+    """``choices`` as a comma-separated list with the closest matches to ``name`` first (for
+    "unknown X; available: ..." messages)."""
+    choices = sorted(choices)
+    close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.5)
+    return ", ".join(close + [c for c in choices if c not in close])

@@ -11,13 +11,12 @@ and turns the samples into a ``Posterior`` in physical units. Samplers see the s
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import time
 from typing import Callable
 
 import torch
 
-from operators.errors import ConfigError, UnknownNameError, UnknownOptionError
+from operators.errors import ConfigError, UnknownNameError, UnknownOptionError, closest_first
 
 from .toolkit import Generator
 
@@ -65,16 +64,9 @@ def names() -> list[str]:
     return sorted(_SAMPLERS)
 
 
-def _closest_first(name: str, choices) -> str:
-    """``choices`` as a comma-separated list, the closest matches to ``name`` first."""
-    choices = sorted(choices)
-    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    return ", ".join(close + [c for c in choices if c not in close])
-
-
 def get(name: str) -> type:
     if name not in _SAMPLERS:
-        raise UnknownNameError(f"unknown sampler {name!r}; available: {_closest_first(str(name), names())}")
+        raise UnknownNameError(f"unknown sampler {name!r}; available: {closest_first(str(name), names())}")
     return _SAMPLERS[name]
 
 
@@ -87,12 +79,12 @@ def configure(name: str, preset: str | None = None, **overrides):
         presets = getattr(cls, "PRESETS", {})
         if preset not in presets:
             raise UnknownNameError(f"sampler {name!r} has no preset {preset!r}; presets: "
-                                   f"{_closest_first(str(preset), presets) or 'none'}")
+                                   f"{closest_first(str(preset), presets) or 'none'}")
         params.update(presets[preset])
     unknown = set(overrides) - fields
     if unknown:
         raise UnknownOptionError(f"{name} got unknown hyperparameters {sorted(unknown)}; valid ones: "
-                                 f"{_closest_first(sorted(unknown)[0], fields)}")
+                                 f"{closest_first(sorted(unknown)[0], fields)}")
     params.update(overrides)
     return cls(**params)
 
