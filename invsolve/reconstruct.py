@@ -41,7 +41,7 @@ from skimage.io import imread
 import operators as ops
 from operators.errors import ConfigError, DataError, UnknownOptionError, closest_first
 
-from . import __version__ as VERSION
+from importlib.metadata import version
 from .baselines import fbp, least_squares
 from .fit import prior_fit
 from .io import load_nifti, save_figure, save_nifti, save_npy
@@ -305,7 +305,7 @@ def _run(config: ReconstructConfig, progress, log):
     prior = prior.to(config.device) if hasattr(prior, "to") else prior
     if prior.shape[0] != 1:
         raise ConfigError(f"prior {prior.card.name!r} has {prior.shape[0]} channels; reconstruct takes 1-channel image priors")
-    record = {"invsolve": VERSION, "torch": torch.__version__, "machine": platform.machine(),
+    record = {"invsolve": version("invsolve"), "torch": torch.__version__, "machine": platform.machine(),
               "threads": torch.get_num_threads(), "config": dataclasses.asdict(config), "input": dict(meta)}
     record["input"]["shape"] = list(array.shape)
     generator = torch.Generator().manual_seed(config.seed + 1)

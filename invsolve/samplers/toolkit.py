@@ -15,8 +15,9 @@ from typing import Callable, Sequence
 import torch
 from deepinv.physics import DecomposablePhysics
 
-from operators.errors import ConfigError
+from operators.errors import ConfigError, PhysicsError
 from operators.linalg import TVState, admm_tv_step, cg, least_squares
+from operators.resolution import AveragePooling
 
 from ..priors.adapters import DDPMSchedule
 
@@ -439,8 +440,6 @@ class LinearPart:
         """``None`` when the exact spectral methods below apply, else the reason they do not."""
         if getattr(self, "_spectral_checked", False):
             return self._spectral_reason
-        from operators.resolution import AveragePooling
-
         physics, reason = self.problem.physics, None
         self._spectral = self.backend
         if self.backend == "svd":
@@ -467,7 +466,6 @@ class LinearPart:
     def _require_spectral(self) -> str:
         reason = self.spectral_unavailable()
         if reason is not None:
-            from operators.errors import PhysicsError
             raise PhysicsError(f"no exact SVD of the operator: {reason}")
         return self._spectral
 
@@ -622,3 +620,9 @@ def particle_noise(shape: Sequence[int], n_particles: int, generator: Generator,
     generator j draws the particles of its own groups only (as ``randn`` does for samples)."""
     n = shape[0] // n_particles
     return from_groups(randn((n * n_particles, *shape[1:]), generator, dtype).reshape(n, n_particles, *shape[1:]))
+
+
+def heaviest(x: torch.Tensor, logw: torch.Tensor) -> torch.Tensor:
+    """The particle of largest weight in each group: ``(P * N, ...)`` rows to ``(N, ...)`` (what SMC
+    samplers report as the per-sample state and estimate, with every particle as ``particles``)."""
+    return to_groups(x, logw.shape[1])[torch.arange(logw.shape[0], device=x.device), logw.argmax(1).to(x.device)]
