@@ -52,15 +52,20 @@ SMALL = {
     "diffpir": (dict(steps=3), 3),
     "pigdm": (dict(steps=3), 3),
     "dmps": (dict(steps=3), 3),
+    # issue 15 SMC samplers: 2 particles per posterior sample (each call evaluates every particle)
+    "mcgdiff": (dict(steps=3, particles=2), 3),
+    "fps": (dict(steps=3, particles=2), 3),
+    "tds": (dict(steps=3, particles=2), 3),
 }
 # samplers that need linear physics (issue 6: MCG projects; DiffPIR, PiGDM, DMPS use closed forms;
 # issue 15: DDRM works in the SVD basis, DDNM projects)
-LINEAR_ONLY = {"mcg", "diffpir", "pigdm", "dmps", "ddrm", "ddnm", "dds", "diffusionmbir"}  # issue 12: CG / ADMM-TV data steps
+LINEAR_ONLY = {"mcg", "diffpir", "pigdm", "dmps", "ddrm", "ddnm", "dds", "diffusionmbir",  # issue 12: CG / ADMM-TV data steps
+               "mcgdiff", "fps"}  # issue 15: MCGdiff in the SVD basis, FPS closed-form Gaussian products
 # samplers that need an exact SVD of the operator (toolkit.LinearPart's spectral methods): they
 # must raise a PhysicsError naming an alternative ('ddnm') for operators that have none here
-SVD_ONLY = {"ddrm"}
+SVD_ONLY = {"ddrm", "mcgdiff"}  # mcgdiff names 'fps' / 'tds'
 # samplers that run on any physics
-GENERAL = {"dps", "reddiff", "daps", "flowdps", "tpdm"}
+GENERAL = {"dps", "reddiff", "daps", "flowdps", "tpdm", "tds"}
 SIGMA_Y = 0.01
 
 
@@ -177,7 +182,7 @@ def test_sampler_runs_on_operator(sampler, operator, dims):
                 assert "linear" in str(err), f"{sampler} raised an unclear TypeError for nonlinear physics: {err}"
                 return
     if sampler in SVD_ONLY and not _has_exact_svd(physics, prior.shape):
-        with pytest.raises(PhysicsError, match="exact SVD.*'ddnm'"):
+        with pytest.raises(PhysicsError, match="exact SVD.*'(ddnm|fps)'"):
             iv.sample(sampler, prior, problem, n_samples=n, generator=torch.Generator().manual_seed(1), **overrides)
         return
     steps = []
@@ -186,7 +191,8 @@ def test_sampler_runs_on_operator(sampler, operator, dims):
     x_shape = tuple(prior.shape)
     assert post.samples.shape == (n, 1, *x_shape)
     assert torch.isfinite(post.samples).all(), f"{sampler} on {operator} ({dims}D) gave non-finite samples"
-    assert post.nfe == counter.rows / n, f"{sampler} reports nfe={post.nfe} but evaluated D {counter.rows / n} times per sample"
+    per_sample = counter.rows / n / overrides.get("particles", 1)  # SMC samplers evaluate every particle
+    assert post.nfe == per_sample, f"{sampler} reports nfe={post.nfe} but evaluated D {per_sample} times per sample"
     if sampler in SMALL:
         assert post.nfe == SMALL[sampler][1], f"{sampler} with {overrides} should make {SMALL[sampler][1]} evaluations"
     assert steps and all(torch.isfinite(s["x"]).all() for s in steps), "callback missing or non-finite state"
