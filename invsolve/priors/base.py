@@ -98,14 +98,18 @@ class Prior(nn.Module):
         return self.card.unit_map.to_physical(x_model)
 
     def model_problem(self, problem: Problem | ModelProblem) -> ModelProblem:
-        """``problem`` seen from this prior's model space (what samplers run on): the card's affine
-        map, or the problem's own ``scale``/``offset`` where it was given one. Idempotent."""
+        """``problem`` seen from this prior's model space (what samplers run on); idempotent.
+        The view itself is ``_view``'s."""
         if isinstance(problem, ModelProblem):
             if problem.prior is not self:
                 raise ConfigError("this problem is already seen from another prior's model space; "
                                   "pass the physical iv.Problem instead")
             return problem
         check_problem_prior(problem, self)
+        return self._view(problem)
+
+    def _view(self, problem: Problem) -> ModelProblem:
+        """The card's affine map, or the problem's own ``scale``/``offset`` where it was given one."""
         return ModelProblem(problem, problem.unit_map or self.card.unit_map, self.shape, prior=self)
 
     def __repr__(self) -> str:

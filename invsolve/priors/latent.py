@@ -24,8 +24,7 @@ import torch
 from deepinv.physics import Physics
 
 from ..problem import ModelProblem, Problem, UnitMap
-from .base import Prior, check_problem_prior
-from operators.errors import ConfigError
+from .base import Prior
 
 
 class LatentPrior(Prior):
@@ -84,17 +83,12 @@ class LatentPrior(Prior):
             raise TypeError("this LatentPrior has no encoder; pass encoder=... to map images into latent space")
         return self.encoder(self.image_map.to_model(x_physical))
 
-    def model_problem(self, problem: Problem | ModelProblem) -> "LatentProblem":
-        """``problem`` seen from latent space: ``y = A(decode(z)) + n`` (idempotent)."""
-        if isinstance(problem, ModelProblem):
-            if problem.prior is not self:
-                raise ConfigError("problem is already composed with another prior's model space; "
-                                  "pass the physical iv.Problem instead")
-            return problem
-        check_problem_prior(problem, self)
+    def _view(self, problem: Problem) -> "LatentProblem":
+        """``problem`` seen from latent space: ``y = A(decode(z)) + n``."""
         return LatentProblem(problem, self)
 
-    compose = model_problem  # the earlier name
+    def compose(self, problem: Problem | ModelProblem) -> "LatentProblem":  # the earlier name
+        return self.model_problem(problem)
 
     def __repr__(self) -> str:
         return f"LatentPrior({self.latent_prior!r}, image_shape={self._image_shape})"
