@@ -226,3 +226,14 @@ def test_the_checks_see_every_file_and_resolve_relative_imports():
     assert "operators.ct" in graph["operators.fanbeam"]  # from .ct import RayTransform, ...
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [(["a", "b", "c"], ["a", "b", "c", "a"])]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_sampler_imports_another_samplers_file():
+    """Shared steps live in ``samplers/toolkit.py`` (and the contract in ``samplers/base.py``):
+    a method file imports neither another method's file nor anything but those two from its package."""
+    shared = {"invsolve.samplers", "invsolve.samplers.base", "invsolve.samplers.toolkit"}
+    methods = {m for m in FILES if m.startswith("invsolve.samplers.") and m not in shared}
+    assert {"invsolve.samplers.dps", "invsolve.samplers.daps"} <= methods
+    graph = _graph()
+    bad = sorted(f"{m} imports {t}" for m in methods for t in graph[m] if t in methods)
+    assert not bad, "move the shared step into invsolve/samplers/toolkit.py:\n" + "\n".join(bad)
