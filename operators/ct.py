@@ -157,27 +157,45 @@ def _image_shape(img_size: int | Sequence[int]) -> tuple[int, int]:
 
 
 class _Project(torch.autograd.Function):
-    """``A x`` with ``A^T`` as its backward (and vice versa below): exact and cheap gradients."""
+    """``A x`` with ``A^T`` as its backward (and vice versa below): exact and cheap gradients.
+
+    Written in the ``setup_context`` form with a ``vmap`` rule, so ``torch.func`` transforms
+    (``vjp``, ``jacrev``, ``vmap``) work on the CT operators: ``op`` folds any leading dimensions into
+    its stack of slices, so a vmapped dimension is moved to the front and projected with the rest."""
 
     @staticmethod
-    def forward(ctx, x, op):
-        ctx.op = op
+    def forward(x, op):
         return op._project(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.op = inputs[1]
 
     @staticmethod
     def backward(ctx, grad):
         return _Backproject.apply(grad, ctx.op), None
 
+    @staticmethod
+    def vmap(info, in_dims, x, op):
+        return _Project.apply(x.movedim(in_dims[0], 0), op), 0
+
 
 class _Backproject(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, y, op):
-        ctx.op = op
+    def forward(y, op):
         return op._backproject(y)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.op = inputs[1]
 
     @staticmethod
     def backward(ctx, grad):
         return _Project.apply(grad, ctx.op), None
+
+    @staticmethod
+    def vmap(info, in_dims, y, op):
+        return _Backproject.apply(y.movedim(in_dims[0], 0), op), 0
 
 
 class LeastSquaresDagger:

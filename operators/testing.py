@@ -11,7 +11,8 @@ Which checks run:
   ``vjp_vs_adjoint``;
 - nonlinear operators: ``vjp_vs_autograd`` (``A_vjp`` against autograd through ``A``) and the
   ``taylor`` test (the first-order Taylor remainder must shrink like h^2);
-- every operator, for a batch ``x`` of more than one element: ``batch_invariance``;
+- every operator: ``func_vjp`` (``torch.func.vjp`` agrees with autograd, so ``torch.func`` transforms
+  and deepinv's ``A_vjp`` work), and for a batch ``x`` of more than one element ``batch_invariance``;
 - ``pseudo_inverse``: ``||A(A_dagger(A u)) - A u|| / ||A u||``. Enforced only with
   ``pinv_tol=...`` (an exact pseudo-inverse gives rounding error; FBP or a truncated iterative
   solver does not); otherwise it is reported for information when the operator defines its own
@@ -89,6 +90,20 @@ def vjp_vs_autograd(physics: Physics, x: torch.Tensor, generator: torch.Generato
         (autograd,) = torch.autograd.grad(Ax, leaf, grad_outputs=v)
     vjp = physics.A_vjp(point, v)
     return float((vjp - autograd).norm() / autograd.norm())
+
+
+def func_vjp(physics: Physics, x: torch.Tensor, generator: torch.Generator) -> float:
+    """Relative difference between ``torch.func.vjp`` through ``physics.A`` and ``torch.autograd``'s
+    vector-Jacobian product: fails for custom autograd functions that ``torch.func`` cannot run
+    (no ``setup_context``), which also break deepinv's ``A_vjp`` and ``L2().grad`` on such operators."""
+    point = _point(x, generator)
+    y, pullback = torch.func.vjp(physics.A, point)
+    v = _randn_like(y, generator)
+    (functional,) = pullback(v)
+    with torch.enable_grad():
+        u = point.detach().requires_grad_(True)
+        (autograd,) = torch.autograd.grad(physics.A(u), u, grad_outputs=v)
+    return float((functional - autograd).norm() / autograd.norm())
 
 
 def jvp(physics: Physics, x: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -225,6 +240,7 @@ def check_operator(physics: Physics, x: torch.Tensor, generator: torch.Generator
     else:
         run("vjp_vs_autograd", vjp_vs_autograd, 1e3 * eps)
         run("taylor", taylor_order_deficit, 0.25)
+    run("func_vjp", func_vjp, 1e3 * eps)
     if x.shape[0] > 1:
         run("batch_invariance", batch_invariance, 1e2 * eps)
     else:
