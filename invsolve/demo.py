@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from tqdm.auto import tqdm
 import operators as ops
 
 from .baselines import fbp, tv
-from .io import save_figure, save_nifti
+from .io import finish_output, prepare_output, save_figure, save_nifti
 from .metrics import psnr, ssim
 from .phantoms import heldout_phantoms, shepp_logan
 from .priors import load_prior
@@ -44,25 +43,6 @@ class DemoConfig:
     seed: int = 0
     force: bool = False
     progress: bool = True
-
-
-def prepare_output(out: Path, force: bool) -> Path:
-    """Check ``out`` may be written and return a fresh temporary folder beside it."""
-    if out.exists() and not force:
-        raise FileExistsError(f"output folder {out} already exists; choose another with --out or pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-
-
-def finish_output(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder onto ``out`` (replacing it only when --force allowed it)."""
-    if out.exists():
-        backup = out.with_name(f".{out.name}-old-{int(time.time())}")
-        out.rename(backup)
-        tmp.rename(out)
-        shutil.rmtree(backup)
-    else:
-        tmp.rename(out)
 
 
 def figure(truth, columns: dict[str, torch.Tensor], names: list[str]) -> Figure:

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import ConfigError, DataError
+
+MARKER = ".invsolve-output"  # written into every output folder; --force replaces only folders holding it
 
 
 def _atomic(path: Path, write) -> Path:
@@ -26,6 +30,48 @@ def _atomic(path: Path, write) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+# ---- output folders: atomic, never replacing what invsolve did not write -------------------------
+
+
+def check_output(out: str | Path, force: bool, flag: str = "--out") -> Path:
+    """Check that the output folder ``out`` may be (re)placed, before any work is done: it does not
+    exist, or ``force`` is given and it is a folder invsolve wrote (it holds ``MARKER``) or an empty
+    one. A file, the current folder (or one above it) and a folder of other files are refused."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise ConfigError(f"{flag} {out} is a file; give a folder name")
+        if Path.cwd().resolve().is_relative_to(out.resolve()):
+            raise ConfigError(f"{flag} {out} is the current folder (or holds it); give a new folder name")
+        if not force:
+            raise ConfigError(f"output folder {out} already exists; choose another with {flag} or pass --force to replace it")
+        if not (out / MARKER).exists() and any(out.iterdir()):
+            raise ConfigError(f"--force refuses to replace {out}: it holds files invsolve did not write "
+                              f"(no {MARKER} marker); choose another {flag}")
+    return out
+
+
+def prepare_output(out: str | Path, force: bool, flag: str = "--out") -> Path:
+    """``check_output``, then a fresh temporary folder beside ``out`` (holding ``MARKER``) to write into."""
+    out = check_output(out, force, flag)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    (tmp / MARKER).write_text("written by invsolve; --force may replace this folder\n")
+    return tmp
+
+
+def finish_output(tmp: Path, out: Path) -> None:
+    """Move the finished temporary folder onto ``out`` (an earlier invsolve output is replaced)."""
+    out = Path(out)
+    if out.exists():
+        backup = out.with_name(f".{out.name}-old-{os.getpid()}-{int(time.time())}")
+        out.rename(backup)
+        tmp.rename(out)
+        shutil.rmtree(backup)
+    else:
+        tmp.rename(out)
 
 
 def save_nifti(array, path: str | Path, affine: np.ndarray | None = None, spacing: tuple[float, ...] | None = None) -> Path:

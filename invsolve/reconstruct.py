@@ -44,13 +44,12 @@ from operators.errors import ConfigError, DataError, UnknownOptionError, closest
 from importlib.metadata import version
 from .baselines import fbp, least_squares
 from .fit import prior_fit
-from .io import load_nifti, save_figure, save_nifti, save_npy
+from .io import MARKER, finish_output, load_nifti, prepare_output, save_figure, save_nifti, save_npy
 from .metrics import psnr, ssim
 from .priors import load_prior
 from .problem import Problem
 from .samplers import names as sampler_names, sample
 
-MARKER = ".invsolve-output"  # written into every output folder; --force replaces only folders holding it
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
@@ -193,38 +192,6 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict]:
     affine[:3, 3] = slices[0][1]
     affine = np.diag([-1, -1, 1, 1]) @ affine
     return array, {"format": "dicom", "affine": affine.tolist(), "slices": len(slices)}
-
-
-# ---- output folders: atomic, never replacing what invsolve did not write -------------------------
-
-
-def prepare_output(out: Path, force: bool) -> Path:
-    """A fresh temporary folder beside ``out``, after checking ``out`` may be (re)placed."""
-    if out.exists():
-        if not out.is_dir():
-            raise ConfigError(f"--out {out} is a file; give a folder name")
-        if not force:
-            raise ConfigError(f"output folder {out} already exists; choose another with --out or pass --force to replace it")
-        if not (out / MARKER).exists() and any(out.iterdir()):
-            raise ConfigError(f"--force refuses to replace {out}: it holds files invsolve did not write "
-                              f"(no {MARKER} marker); choose another --out")
-        if out.resolve() == Path.cwd().resolve():
-            raise ConfigError(f"--out {out} is the current folder; give a new folder name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    (tmp / MARKER).write_text("written by invsolve; --force may replace this folder\n")
-    return tmp
-
-
-def finish_output(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder onto ``out`` (an earlier invsolve output is replaced)."""
-    if out.exists():
-        backup = out.with_name(f".{out.name}-old-{os.getpid()}-{int(time.time())}")
-        out.rename(backup)
-        tmp.rename(out)
-        shutil.rmtree(backup)
-    else:
-        tmp.rename(out)
 
 
 # ---- the run ---------------------------------------------------------------------------------------

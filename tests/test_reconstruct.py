@@ -15,7 +15,7 @@ import invsolve as iv
 import operators as ops
 from invsolve.cli import main
 from invsolve.phantoms import heldout_phantoms
-from invsolve.reconstruct import MARKER
+from invsolve.io import MARKER
 
 FAST = ["--steps", "3", "--samples", "2", "--quiet"]
 ANATOMICAL = Path(nib.__file__).parent / "tests" / "data" / "anatomical.nii"
