@@ -18,9 +18,8 @@ from .demo import run as run_demo
 from .argtypes import CommandParser, bounded, key_value
 from .errors import ConfigError, InvsolveError
 from .fastmri.commands import add_parsers as add_fastmri_parsers  # bench fastmri|report, fastmri synth
-from .priors.base import PriorCard
 from .priors.evaluation import evaluate_files, evaluate_prior, record_evaluation
-from .priors.loaders import list_priors, load_prior, resolve
+from .priors.loaders import list_priors, load_prior, read_card, resolve, verify_prior
 from .priors.training import TrainConfig
 from .priors.training import train as train_prior
 from .reconstruct import load_run_config, reconstruct
@@ -110,7 +109,7 @@ def _list(args) -> int:
 
 
 def _read_card(folder):
-    return PriorCard.from_dict(json.loads((folder / "card.json").read_text()))
+    return read_card(folder)
 
 
 def _reconstruct(args) -> int:
@@ -189,10 +188,11 @@ def _info(args) -> int:
     local = args.prior is not None and (Path(args.prior, "card.json").is_file() or args.prior in list_priors())
     if local and not (args.format or args.sha256 or args.repo_id):
         folder = resolve(args.prior)
-        card = _read_card(folder)
-        size = Path(folder, "weights.safetensors").stat().st_size / 1e6
-        print("\n".join(_card_lines(card, str(folder), f"{size:.1f} MB, sha256 "
-                                                       f"{card.metadata.get('sha256', 'not recorded')}")))
+        card, report = verify_prior(folder)  # card fields, sha256, keys and shapes, finiteness: or one error line
+        digest = (f"sha256 verified ({report['sha256']})" if report["sha256_verified"]
+                  else f"sha256 {report['sha256']} (not recorded in the card: not verified)")
+        print("\n".join(_card_lines(card, str(folder), f"{report['bytes'] / 1e6:.1f} MB, {report['tensors']} tensors "
+                                                       f"match the card's architecture, all finite; {digest}")))
         return 0
     if args.prior is None and args.repo_id is None:
         raise ConfigError("give a prior name, folder or checkpoint file, or --repo-id with --download")

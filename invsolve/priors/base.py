@@ -13,8 +13,13 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..problem import ModelProblem, Problem, UnitMap
-from operators.errors import ConfigError
+import math
+
+from ..problem import ModelProblem, Problem, UnitMap, fit_physics
+from operators.errors import CheckpointError, ConfigError
+from .adapters import PARAMETERIZATIONS
+
+KINDS = ("diffusion", "flow", "exact")
 
 
 @dataclasses.dataclass
@@ -52,15 +57,60 @@ class PriorCard:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PriorCard":
+    def from_dict(cls, data: dict[str, Any], source: str | None = None) -> "PriorCard":
+        """A card from its JSON form, checked field by field: a ``CheckpointError`` naming the field
+        (and ``source``, the card's file, when given) for a missing, unknown or ill-typed field."""
+        where = f"prior card {source}" if source else "prior card"
+
+        def bad(field: str, why: str):
+            return CheckpointError(f"{where}: field {field!r} {why}; fix the card or export the prior again")
+
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{where} is not a JSON object (found {type(data).__name__}); "
+                                  "fix the card or export the prior again")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
-            raise ConfigError(f"prior card has unknown fields {sorted(unknown)}; known fields: {sorted(names)}")
+            raise CheckpointError(f"{where} has unknown fields {sorted(unknown)}; known fields: {sorted(names)}")
+        missing = [k for k in ("name", "kind", "parameterization", "shape") if k not in data]
+        if missing:
+            raise CheckpointError(f"{where} lacks the field(s) {missing}; fix the card or export the prior again")
         data = dict(data)
-        data["shape"] = tuple(data["shape"])
+        for field in ("name", "description"):
+            if field in data and not isinstance(data[field], str):
+                raise bad(field, f"must be a string, got {data[field]!r}")
+        if data["kind"] not in KINDS:
+            raise bad("kind", f"is {data['kind']!r}, not one of {list(KINDS)}")
+        if data["parameterization"] not in PARAMETERIZATIONS + ("exact",):
+            raise bad("parameterization", f"is {data['parameterization']!r}, not one of {list(PARAMETERIZATIONS)}")
+        shape = data["shape"]
+        if (not isinstance(shape, (list, tuple)) or not shape
+                or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
+            raise bad("shape", f"must be a list of positive integers (channels, *spatial), got {shape!r}")
+        data["shape"] = tuple(shape)
+        for field in ("scale", "offset", "sigma_min", "sigma_max", "sigma_data"):
+            if field in data:
+                value = data[field]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise bad(field, f"must be a finite number, got {value!r}")
+                data[field] = float(value)
+        if data.get("scale", 1.0) == 0:
+            raise bad("scale", "is 0 (the map physical -> model space must be invertible)")
+        for field in ("sigma_min", "sigma_max", "sigma_data"):
+            if field in data and not data[field] > 0:
+                raise bad(field, f"must be > 0, got {data[field]!r}")
+        if not data.get("sigma_min", cls.sigma_min) < data.get("sigma_max", cls.sigma_max):
+            raise bad("sigma_min", f"({data.get('sigma_min', cls.sigma_min)!r}) must be below sigma_max "
+                                   f"({data.get('sigma_max', cls.sigma_max)!r})")
         if data.get("physical_range") is not None:
-            data["physical_range"] = tuple(data["physical_range"])
+            pr = data["physical_range"]
+            if (not isinstance(pr, (list, tuple)) or len(pr) != 2
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pr)
+                    or not pr[0] < pr[1]):
+                raise bad("physical_range", f"must be [lo, hi] with finite lo < hi, got {pr!r}")
+            data["physical_range"] = tuple(float(v) for v in pr)
+        if "metadata" in data and not isinstance(data["metadata"], dict):
+            raise bad("metadata", f"must be a JSON object, got {type(data['metadata']).__name__}")
         return cls(**data)
 
 
@@ -106,7 +156,15 @@ class Prior(nn.Module):
                                   "pass the physical iv.Problem instead")
             return problem
         check_problem_prior(problem, self)
-        return self._view(problem)
+        cached = problem.cached_view(self)
+        if cached is not None:
+            return cached
+        view = self._view(problem)
+        if view.fit is None and view.x_shape is not None:
+            # one probe A call: a 1-channel prior on complex physics sees it through the real channel,
+            # the state dtype follows what the physics takes, shapes are checked (problem.fit_physics)
+            view.fit = fit_physics(problem.physics, view.x_shape, problem.y, who=f"prior {self.card.name!r}")
+        return problem.cache_view(self, view)
 
     def _view(self, problem: Problem) -> ModelProblem:
         """The card's affine map, or the problem's own ``scale``/``offset`` where it was given one."""

@@ -75,30 +75,74 @@ def resolve(name_or_path: str | Path) -> Path:
                             f"{', '.join(sorted(known)) or 'none'} (searched {', '.join(map(str, prior_dirs()))})")
 
 
-def build_network(card: PriorCard) -> torch.nn.Module:
+def build_network(card: PriorCard, source: str | None = None) -> torch.nn.Module:
+    """The network the card's ``metadata.architecture`` and ``metadata.network`` describe (random weights)."""
+    where = f"prior card {source}" if source else f"prior {card.name!r}"
     arch = card.metadata.get("architecture")
     if arch not in ARCHITECTURES:
-        raise CheckpointError(f"prior {card.name!r} names architecture {arch!r}; this loader knows {sorted(ARCHITECTURES)}")
-    return UNet(**card.metadata["network"])
+        raise CheckpointError(f"{where} names architecture {arch!r}; this loader knows {sorted(ARCHITECTURES)}")
+    network = card.metadata.get("network")
+    if not isinstance(network, dict):
+        raise CheckpointError(f"{where}: field 'metadata.network' must be the network's options (a JSON object), "
+                              f"got {network!r}; export the prior again")
+    try:
+        net = UNet(**network)
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{where}: field 'metadata.network' does not describe a {arch} ({err}); "
+                              "export the prior again") from None
+    if net.config.get("in_channels") != card.shape[0]:
+        raise CheckpointError(f"{where}: field 'shape' has {card.shape[0]} channel(s) but metadata.network has "
+                              f"in_channels {net.config.get('in_channels')}; export the prior again")
+    return net
+
+
+def read_card(folder: str | Path) -> PriorCard:
+    """The checked ``card.json`` of an invsolve prior folder (a ``CheckpointError`` naming the field and file)."""
+    card_path = Path(folder) / "card.json"
+    try:
+        data = json.loads(card_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{card_path} is not valid JSON ({err}); fix the card or export the prior again") from None
+    return PriorCard.from_dict(data, source=str(card_path))
+
+
+def _read_invsolve(folder: Path, verify: bool = True, sha256_expected: str | None = None):
+    """Read and check an invsolve prior folder: the card field by field, the recorded sha256 (with
+    ``verify``), the safetensors file, every key and shape against the card's architecture, and
+    finiteness. Returns ``(card, network, report)``; ``report`` says what was verified."""
+    card_path, weights_path = folder / "card.json", folder / "weights.safetensors"
+    if not card_path.is_file() or not weights_path.is_file():
+        raise FileNotFoundError(f"{folder} must hold card.json and weights.safetensors")
+    card = read_card(folder)
+    expected_hash = card.metadata.get("sha256")
+    if expected_hash is not None and not isinstance(expected_hash, str):
+        raise CheckpointError(f"prior card {card_path}: field 'metadata.sha256' must be a hex string, got "
+                              f"{expected_hash!r}; fix the card or export the prior again")
+    actual = sha256(weights_path)
+    if verify and expected_hash and actual != expected_hash.lower().strip():
+        raise CheckpointError(f"{weights_path} does not match the sha256 recorded in {card_path} (corrupted or "
+                              "replaced file); restore the file, export the prior again, or pass verify=False")
+    check_sha256(weights_path, sha256_expected)
+    state = read_safetensors(weights_path)  # CorruptCheckpointError (a ValueError) if truncated, corrupted or a pickle
+    net = build_network(card, str(card_path))
+    load_state_strict(net, state, str(weights_path), what=f"the architecture of {card_path}")
+    check_finite(state, str(weights_path))
+    report = {"sha256": actual, "sha256_verified": bool(verify and expected_hash),
+              "sha256_recorded": expected_hash, "tensors": len(state), "bytes": weights_path.stat().st_size,
+              "parameters": sum(v.numel() for v in state.values())}
+    return card, net, report
+
+
+def verify_prior(folder: str | Path) -> tuple[PriorCard, dict]:
+    """Check an invsolve prior folder as loading it would (card fields, recorded sha256, keys and shapes
+    against the card's architecture, finite weights); returns ``(card, report)`` (see ``_read_invsolve``)."""
+    card, _, report = _read_invsolve(Path(folder))
+    return card, report
 
 
 def _load_invsolve(folder: Path, verify: bool = True, sha256_expected: str | None = None,
                    name: str | None = None) -> Prior:
-    card_path, weights_path = folder / "card.json", folder / "weights.safetensors"
-    if not card_path.is_file() or not weights_path.is_file():
-        raise FileNotFoundError(f"{folder} must hold card.json and weights.safetensors")
-    try:
-        card = PriorCard.from_dict(json.loads(card_path.read_text()))
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{card_path} is not a valid prior card: {err}") from err
-    expected_hash = card.metadata.get("sha256")
-    if verify and expected_hash and sha256(weights_path) != expected_hash:
-        raise CheckpointError(f"{weights_path} does not match the sha256 recorded in its card (corrupted or replaced file); "
-                              "restore the file or pass verify=False")
-    check_sha256(weights_path, sha256_expected)
-    state = read_safetensors(weights_path)  # CorruptCheckpointError (a ValueError) if truncated or corrupted
-    net = build_network(card)
-    load_state_strict(net, state, str(weights_path))
+    card, net, _ = _read_invsolve(folder, verify, sha256_expected)
     net.eval().requires_grad_(False)
     if name:
         card.name = name
