@@ -33,7 +33,8 @@ USER_ERRORS = (InvsolveError, FileNotFoundError, FileExistsError, IsADirectoryEr
 def _demo(args) -> int:
     config = DemoConfig(out=args.out, prior=args.prior, phantoms=args.phantoms, views=args.views,
                         sigma_y=args.sigma_y, samples=args.samples, steps=args.steps, zeta=args.zeta,
-                        tv_lambda=args.tv_lambda, seed=args.seed, force=args.force, progress=not args.quiet)
+                        tv_lambda=args.tv_lambda, seed=args.seed, force=args.force, progress=not args.quiet,
+                        threads=args.threads)
     result = run_demo(config)
     print(format_table(result["summary"], config))
     print(f"\nwrote {config.out}/demo.png, NIfTI volumes and metrics.json")
@@ -224,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tv-lambda", type=bounded(float, 0), default=d.tv_lambda, help="TV weight (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=d.seed, help="seed of the noise and the sampler (default: %(default)s)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument("--threads", type=bounded(int, 1), default=None, help="torch CPU threads (default: torch's)")
     demo.set_defaults(func=_demo)
 
     t = TrainConfig()

@@ -43,6 +43,7 @@ class DemoConfig:
     seed: int = 0
     force: bool = False
     progress: bool = True
+    threads: int | None = None     # torch CPU threads (None: torch's default)
 
 
 def figure(truth, columns: dict[str, torch.Tensor], names: list[str]) -> Figure:
@@ -68,6 +69,8 @@ def figure(truth, columns: dict[str, torch.Tensor], names: list[str]) -> Figure:
 
 
 def run(config: DemoConfig) -> dict:
+    if config.threads is not None:
+        torch.set_num_threads(int(config.threads))
     out = Path(config.out)
     tmp = prepare_output(out, config.force)
     try:
