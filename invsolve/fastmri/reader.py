@@ -196,6 +196,31 @@ def _read_rows(dataset, indices: list[int]) -> np.ndarray:
 # files
 
 
+def checked_dataset(f: h5py.File, name: str, path) -> h5py.Dataset | None:
+    """``f[name]`` when it is a plain dataset stored in the file itself; ``None`` when absent.
+
+    Refused with a ``DataError`` naming the file and the dataset: soft and external links, datasets
+    with external storage (raw data in other files, which h5py would read from wherever they point)
+    and virtual datasets (mapped from other files), and groups where a dataset is expected.
+    """
+    link = f.get(name, getlink=True)
+    if link is None:
+        return None
+    refuse = "; fastMRI files keep their data inside the file: copy the data in (e.g. h5repack) or use the original file"
+    if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+        kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+        raise DataError(f"{path}: '{name}' is {kind}, refused{refuse}")
+    obj = f[name]
+    if not isinstance(obj, h5py.Dataset):
+        raise DataError(f"{path}: '{name}' is a {type(obj).__name__}, not a dataset")
+    if obj.external:
+        raise DataError(f"{path}: dataset '{name}' keeps its data in external files ({obj.external[0][0]!r}...), "
+                        f"refused{refuse}")
+    if obj.is_virtual:
+        raise DataError(f"{path}: dataset '{name}' is a virtual dataset (mapped from other files), refused{refuse}")
+    return obj
+
+
 def _attr_value(value):
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -226,25 +251,25 @@ def read_volume(path, slices="all", target_key: str | None = None) -> FastMRIVol
     except OSError as err:
         raise DataError(f"{path} is not an HDF5 file ({err}); fastMRI files are HDF5 (.h5)") from err
     with handle as f:
-        if "kspace" not in f:
+        kspace_set = checked_dataset(f, "kspace", path)
+        if kspace_set is None:
             raise DataError(f"{path} is not a fastMRI file: it has no 'kspace' dataset (keys: {sorted(f.keys())}); "
                             "fastMRI files hold kspace (slices, [coils,] H, W) complex, ismrmrd_header and, "
                             "for train/val, reconstruction_rss / reconstruction_esc")
-        dataset = f["kspace"]
-        if dataset.ndim not in (3, 4) or dataset.dtype.kind != "c":
+        if kspace_set.ndim not in (3, 4) or kspace_set.dtype.kind != "c":
             raise DataError(f"{path}: 'kspace' must be complex (slices, H, W) or (slices, coils, H, W); "
-                            f"got {dataset.dtype} {dataset.shape}")
-        is_multicoil = dataset.ndim == 4
+                            f"got {kspace_set.dtype} {kspace_set.shape}")
+        is_multicoil = kspace_set.ndim == 4
         challenge = "multicoil" if is_multicoil else "singlecoil"
-        num_slices = int(dataset.shape[0])
-        height, width = (int(s) for s in dataset.shape[-2:])
+        num_slices = int(kspace_set.shape[0])
+        height, width = (int(s) for s in kspace_set.shape[-2:])
         indices = select_slices(slices, num_slices)
-        kspace = _read_rows(dataset, indices).astype(np.complex64, copy=False)
+        kspace = _read_rows(kspace_set, indices).astype(np.complex64, copy=False)
 
         key = target_key or TARGET_KEYS[challenge]
         target = None
-        if key in f:
-            target_set = f[key]
+        target_set = checked_dataset(f, key, path)
+        if target_set is not None:
             if target_set.ndim != 3 or target_set.shape[0] != num_slices:
                 raise DataError(f"{path}: '{key}' must be (slices, h, w) with {num_slices} slices; "
                                 f"got {target_set.shape}")
@@ -254,14 +279,16 @@ def read_volume(path, slices="all", target_key: str | None = None) -> FastMRIVol
 
         attrs = {name: _attr_value(value) for name, value in f.attrs.items()}
         mask = None
-        if "mask" in f:
-            mask = np.asarray(f["mask"][()]).reshape(-1)
+        mask_set = checked_dataset(f, "mask", path)
+        if mask_set is not None:
+            mask = np.asarray(mask_set[()]).reshape(-1)
             if mask.shape[0] != width:
                 raise DataError(f"{path}: 'mask' has {mask.shape[0]} entries for {width} k-space columns")
             mask = mask.astype(bool)
         header = None
-        if "ismrmrd_header" in f:
-            raw = f["ismrmrd_header"][()]
+        header_set = checked_dataset(f, "ismrmrd_header", path)
+        if header_set is not None:
+            raw = header_set[()]
             header = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
 
     if header is not None:

@@ -51,7 +51,8 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, InvsolveError
+from ..fastmri.reader import checked_dataset
 from ..phantoms import random_ellipses
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm")
@@ -285,14 +286,14 @@ def read_fastmri(path: Path, representation: str = "magnitude", percentiles=(0.5
     if representation not in ("magnitude", "complex"):
         raise ConfigError(f"representation must be 'magnitude' or 'complex', got {representation!r}")
     with h5py.File(path, "r") as f:
-        if "kspace" not in f and "reconstruction_rss" not in f:
+        kspace, rss = checked_dataset(f, "kspace", path), checked_dataset(f, "reconstruction_rss", path)
+        if kspace is None and rss is None:
             raise DataError(f"{path} has neither 'kspace' nor 'reconstruction_rss'; keys: {sorted(f.keys())}")
-        target_shape = f["reconstruction_rss"].shape[-2:] if "reconstruction_rss" in f else None
-        if representation == "magnitude" and "reconstruction_rss" in f:
-            return Unit(path.name, torch.from_numpy(normalize(f["reconstruction_rss"][()], None, percentiles))[:, None])
-        if "kspace" not in f:
+        target_shape = rss.shape[-2:] if rss is not None else None
+        if representation == "magnitude" and rss is not None:
+            return Unit(path.name, torch.from_numpy(normalize(rss[()], None, percentiles))[:, None])
+        if kspace is None:
             raise DataError(f"{path} has no 'kspace': complex images need k-space (use --representation magnitude)")
-        kspace = f["kspace"]
         if kspace.ndim not in (3, 4) or kspace.dtype.kind != "c":
             raise DataError(f"{path}: 'kspace' must be complex (slices, H, W) or (slices, coils, H, W), "
                             f"got {kspace.dtype} {kspace.shape}")
@@ -376,6 +377,27 @@ def split_units(n: int, val_fraction: float, seed: int) -> tuple[list[int], list
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
+def _check_finite(unit: Unit, source) -> Unit:
+    if not torch.isfinite(unit.slices).all():
+        raise DataError(f"{source} holds NaN or infinite values; replace them (e.g. with 0) or remove the file "
+                        "from the training data")
+    return unit
+
+
+def _checked(path: Path, what: str, reader, *args) -> Unit:
+    """``reader(path, *args)`` with a ``DataError`` naming ``path`` when the file cannot be read
+    (truncated, corrupt, not ``what``) or holds NaN/Inf values."""
+    try:
+        unit = reader(path, *args)
+    except (InvsolveError, MemoryError):
+        raise
+    except Exception as err:  # PIL, nibabel, gzip, zlib and h5py each raise their own types for a bad file
+        detail = str(err).splitlines()[0][:160] if str(err) else ""
+        raise DataError(f"{path} cannot be read as {what} ({type(err).__name__}{': ' + detail if detail else ''}); "
+                        "replace or remove the file") from None
+    return _check_finite(unit, path)
+
+
 def read_units(config) -> tuple[str, list[Unit]]:
     data_format, files = find_files(config.data, config.data_format)
     window = tuple(config.window) if config.window else None
@@ -383,15 +405,17 @@ def read_units(config) -> tuple[str, list[Unit]]:
     if config.representation == "complex" and data_format != "fastmri":
         raise ConfigError("--representation complex needs fastMRI k-space files (--data-format fastmri)")
     if data_format == "images":
-        units = [read_image(p, window, percentiles) for p in files]
+        units = [_checked(p, "an image", read_image, window, percentiles) for p in files]
     elif data_format == "nifti":
-        units = [read_nifti(p, config.slice_axis, window, percentiles) for p in files]
+        units = [_checked(p, "a NIfTI volume", read_nifti, config.slice_axis, window, percentiles) for p in files]
     elif data_format == "dicom":
         units = read_dicom_series(files, window, percentiles)
+        for unit in units:
+            _check_finite(unit, f"DICOM series {unit.name}")
     else:
         if window is not None:
             raise ConfigError("--window applies to CT-like real data, not to fastMRI files")
-        units = [read_fastmri(p, config.representation, percentiles) for p in files]
+        units = [_checked(p, "a fastMRI HDF5 file", read_fastmri, config.representation, percentiles) for p in files]
     if not units:
         raise DataError(f"no images found in {config.data!r}")
     return data_format, units

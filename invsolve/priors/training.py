@@ -43,8 +43,8 @@ import dataclasses
 import json
 import math
 import os
-import pickle
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -60,7 +60,8 @@ from . import datasets
 from .adapters import Denoiser, make_denoiser
 from .base import Prior, PriorCard
 from .evaluation import denoise_physical, evaluate_prior, psnr_per_image, record_evaluation
-from .loaders import load_prior, sha256
+from .checkpoints.io import UnsafeCheckpointError, read_torch
+from .loaders import load_prior, read_card, sha256
 from .train_config import RESUME_FREE_KEYS, TrainConfig
 from .unet import UNet
 
@@ -75,6 +76,43 @@ def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+RUN_MARKER = ".invsolve-run"  # written into every run directory: invsolve train may rewrite its config.json
+EXPORTED = ("weights.safetensors", "card.json", "validation.png")  # what an export writes into --out
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A run directory is new, empty, or one invsolve train made (its checkpoint or ``RUN_MARKER``);
+    a folder of other files (a user's own ``config.json`` among them) is refused."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file; give a folder name")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (
+            (run_dir / "checkpoint.pt").exists() or (run_dir / RUN_MARKER).exists()):
+        raise ConfigError(f"--run-dir {run_dir} holds files and is not an invsolve training run (no checkpoint.pt "
+                          f"or {RUN_MARKER}); choose another --run-dir")
+
+
+def check_out_dir(out_dir: Path, name: str, run_dir: Path) -> None:
+    """``--out`` may receive the exported prior: it is new, empty, the run directory, or holds a
+    previous export of invsolve train under the same ``name`` (whose files alone are replaced)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; give a folder name")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    same_as_run = out_dir.resolve() == run_dir.resolve()
+    if not (out_dir / "card.json").is_file():
+        if same_as_run:
+            return
+        raise ConfigError(f"--out {out_dir} holds files and no prior; invsolve train exports only into a new folder "
+                          "or over its own earlier export: choose another --out")
+    try:
+        card = read_card(out_dir)
+    except CheckpointError:
+        card = None
+    if card is None or card.name != name or "training" not in card.metadata:
+        raise ConfigError(f"--out {out_dir} holds a prior that invsolve train did not export under the name {name!r}; "
+                          "it is never replaced: choose another --out (or --name)")
 
 
 def _atomic_write_text(text: str, path: Path) -> None:
@@ -189,8 +227,11 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
     config.validate()
     objective = make_objective(config)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
+    check_run_dir(run_dir)
+    check_out_dir(out_dir, config.name, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text("an invsolve train run directory: checkpoint.pt, config.json, validation.png\n")
     if config.threads:
         torch.set_num_threads(config.threads)
     ckpt_path = run_dir / "checkpoint.pt"
@@ -219,18 +260,27 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
     noise_gen = torch.Generator().manual_seed(config.seed + 1)
     step, wall, history, val_curve = 0, 0.0, [], []
     if ckpt_path.exists():
+        damaged = f"; delete {ckpt_path} to start the run over, or choose another --run-dir"
         try:
-            state = torch.load(ckpt_path, weights_only=True)
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
-            raise CheckpointError(f"{ckpt_path} is not a readable training checkpoint ({err}); "
-                                  "delete it to start the run over, or use another run directory") from err
-        net.load_state_dict(state["net"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        data_gen.set_state(state["data_gen"])
-        noise_gen.set_state(state["noise_gen"])
-        step, wall, history = int(state["step"]), float(state["wall"]), state["history"].tolist()
-        val_curve = state["val"].tolist() if "val" in state else []  # rows: step, PSNR at each val sigma
+            state = read_torch(ckpt_path)
+        except CheckpointError as err:
+            reason = ("is a pickle that needs code to load (refused)" if isinstance(err, UnsafeCheckpointError)
+                      else "is truncated or corrupted")
+            raise CheckpointError(f"cannot resume: the training checkpoint {ckpt_path} {reason}{damaged}") from None
+        try:
+            net.load_state_dict(state["net"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+            data_gen.set_state(state["data_gen"])
+            noise_gen.set_state(state["noise_gen"])
+            step, wall, history = int(state["step"]), float(state["wall"]), state["history"].tolist()
+            val_curve = state["val"].tolist() if "val" in state else []  # rows: step, PSNR at each val sigma
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError, IndexError) as err:
+            what = f"no entry {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+            raise CheckpointError(f"cannot resume: {ckpt_path} is not a training checkpoint of this run "
+                                  f"({what}){damaged}") from None
+        if not all(torch.isfinite(v).all() for v in ema.state_dict().values() if v.is_floating_point()):
+            raise CheckpointError(f"cannot resume: {ckpt_path} holds NaN or infinite weights{damaged}")
         recorded = state.get("data_fingerprint")  # absent in checkpoints of older versions
         if recorded is not None and data.fingerprint is not None and recorded != data.fingerprint:
             raise DataError(f"the training files under {config.data!r} changed since {run_dir} was started "
@@ -263,7 +313,14 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         for group in opt.param_groups:
             group["lr"] = config.lr * (min(1.0, (step + 1) / config.warmup) if config.warmup else 1.0)
         x0 = model.to_model(sample(config.batch, data_gen))  # physical -> model space (e.g. [0, 1] -> [-1, 1])
+        if not torch.isfinite(x0).all():
+            raise DataError(f"a training batch of {config.data!r} holds NaN or infinite values (step {step + 1}); "
+                            f"nothing was exported, {run_dir} keeps its last checkpoint: fix or remove the bad files")
         loss = denoising_loss(model, objective, x0, noise_gen)
+        if not torch.isfinite(loss):
+            raise ConfigError(f"training diverged at step {step + 1} (loss {loss.item()}); nothing was exported and "
+                              f"{run_dir} keeps its last checkpoint: lower --lr (now {config.lr:g}) and start a new "
+                              "--run-dir")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -289,11 +346,30 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         bar.close()
     if config.val_every:
         validate()  # a run that stopped between validations still gets its final figure
-    export(config, ema, out_dir, step, wall, history, data.description, data=data, val_curve=val_curve,
-           curve_png=run_dir / "validation.png", card=card)
-    if evaluate:
-        evaluate_export(out_dir, config)
+    check_out_dir(out_dir, config.name, run_dir)  # again: --out may have changed during the run
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-export-"))
+    try:  # export and check beside --out; only a verified prior replaces what --out holds
+        export(config, ema, staging, step, wall, history, data.description, data=data, val_curve=val_curve,
+               curve_png=run_dir / "validation.png", card=card)
+        load_prior(staging)  # card fields, sha256, keys and shapes, finite weights
+        if evaluate:
+            evaluate_export(staging, config)
+        publish_export(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def publish_export(staging: Path, out_dir: Path) -> None:
+    """Move a verified export from ``staging`` into ``out_dir``: a rename when ``out_dir`` is new,
+    else file by file (weights first, the card last) so other files of ``out_dir`` stay."""
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    for name in EXPORTED:
+        if (staging / name).exists():
+            os.replace(staging / name, out_dir / name)
 
 
 def evaluate_export(out_dir: Path, config: TrainConfig) -> dict:
@@ -405,6 +481,15 @@ def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float
             "curve": [[int(row[0])] + row[1:] for row in val_curve],
         }
     card = dataclasses.replace(card, metadata=metadata)
+    if not math.isfinite(metadata["training"]["final_loss_mean_last_200"]):
+        raise ConfigError(f"training diverged: the final loss is not finite; nothing was written to {out_dir}: "
+                          "lower --lr and start a new --run-dir")
+    if not all(torch.isfinite(v).all() for v in ema.state_dict().values() if v.is_floating_point()):
+        raise ConfigError(f"training diverged: the EMA weights hold NaN or infinite values; nothing was written to "
+                          f"{out_dir}: lower --lr and start a new --run-dir")
+    if val_curve and not all(math.isfinite(v) for v in val_curve[-1][1:]):
+        raise ConfigError(f"training diverged: the validation PSNR is not finite ({val_curve[-1][1:]}); nothing was "
+                          f"written to {out_dir}: lower --lr and start a new --run-dir")
     if val_curve:
         target = out_dir / "validation.png"
         if curve_png is not None and curve_png.is_file():
@@ -419,5 +504,3 @@ def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float
     os.replace(tmp, out_dir / "weights.safetensors")
     card.metadata["sha256"] = sha256(out_dir / "weights.safetensors")
     _atomic_write_text(card.to_json() + "\n", out_dir / "card.json")
-    if not math.isfinite(card.metadata["training"]["final_loss_mean_last_200"]):
-        raise RuntimeError("training diverged: the final loss is not finite")

@@ -123,7 +123,8 @@ def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{source}: tensors with NaN or infinite values (corrupted file?): "
-                              f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}")
+                              f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}; restore or download the file "
+                              "again, or export the prior again")
 
 
 def load_state_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
