@@ -7,6 +7,7 @@ import dataclasses
 import json
 import sys
 
+from .db import check_database
 from .executors import make_executor
 from .report import write_report
 from .runner import BenchConfig, check_options, default_data, default_prior, run
@@ -59,6 +60,7 @@ def _bench_fastmri(args) -> int:
                          nfe=args.nfe or None, sigma_y=args.sigma_y, options=tuple(args.set or ()),
                          max_volumes=args.max_volumes, device=args.device)
     check_options(config)  # methods, --set names and values: before any data is written or read
+    check_database(args.db)  # a --db that is not SQLite: one line before any work
     executor = make_executor(args.executor, workers=args.workers, threads=args.threads, address=args.address,
                              gpus_per_task=args.gpus_per_task)
     prior = args.prior or default_prior(args.methods)
@@ -70,6 +72,11 @@ def _bench_fastmri(args) -> int:
         return 130
     print(f"{summary['ran']} tasks run, {summary['done_before']} already in {args.db}, "
           f"{summary['remaining']} remaining of {summary['total']}")
+    if summary.get("claimed_elsewhere"):
+        print(f"{summary['claimed_elsewhere']} tasks skipped: another run on {args.db} has claimed them")
+    for fail in summary.get("failed", ()):
+        print(f"warning: {fail['method']} {fail['acceleration']:g}x on {fail['volume']} failed: {fail['reason']}",
+              file=sys.stderr)
     if summary["remaining"]:
         print("run the same command again to continue")
     else:

@@ -25,8 +25,11 @@ import datetime
 import functools
 import hashlib
 import json
+import math
 import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -45,7 +48,7 @@ from ..errors import ConfigError, DataError
 from ..priors import loaders
 from ..problem import Problem
 from . import baselines, metrics, synth
-from .db import ResultStore
+from .db import ResultStore, new_owner
 from .db import task_key as db_task_key
 from .executors import LocalExecutor
 from .masks import volume_mask
@@ -371,7 +374,13 @@ def run(config: BenchConfig, db_path: str | Path, executor=None, limit: int | No
 
     :param executor: ``executors.LocalExecutor`` (default, one worker) or ``RayExecutor``.
     :param limit: stop after this many new tasks (rerun to continue).
-    :returns: ``{"total", "done_before", "ran", "remaining"}``.
+    :returns: ``{"total", "done_before", "ran", "remaining", "claimed_elsewhere", "failed"}``:
+        ``claimed_elsewhere`` counts tasks another run on the same database has taken (skipped
+        here), ``failed`` lists ``{"volume", "method", "acceleration", "reason"}`` of tasks whose
+        metrics came out NaN or infinite (not stored).
+
+    Tasks are claimed in the database before they run (``ResultStore.claim``), so two runs on one
+    ``db_path`` split the grid; a task stored meanwhile by another run is skipped, not an error.
     """
     executor = executor or LocalExecutor(1)
     tasks = make_tasks(config)
@@ -380,21 +389,37 @@ def run(config: BenchConfig, db_path: str | Path, executor=None, limit: int | No
         pending = [t for t in tasks if task_key(config, t) not in completed]
         done_before = len(tasks) - len(pending)
         todo = pending if limit is None else pending[:max(0, int(limit))]
+        owner = new_owner()
+        claimed = store.claim([task_key(config, t) for t in todo], owner)
+        busy = [t for t in todo if task_key(config, t) not in claimed]
+        todo = [t for t in todo if task_key(config, t) in claimed]
         bar = _progress(len(tasks), done_before, progress)
-        ran = 0
+        ran, failed = 0, []
         try:
             for task, result in executor.map(work, config, todo):
-                store.insert(result)
-                ran += 1
+                key = task_key(config, task)
+                bad = [m for m in ("nmse", "psnr", "ssim") if not math.isfinite(float(result[m]))]
+                if bad:
+                    failed.append({"volume": task.volume, "method": task.method, "acceleration": task.acceleration,
+                                   "reason": f"{', '.join(bad)} not finite ("
+                                             + ", ".join(f"{m} {result[m]}" for m in bad) + "): not stored"})
+                    store.release(owner, key)
+                    continue
+                if store.insert(result) is not None:
+                    ran += 1
+                store.release(owner, key)
                 if bar is not None:
                     bar.set_postfix_str(f"{task.method} {task.acceleration:g}x {task.volume} "
                                         f"PSNR {result['psnr']:.2f}", refresh=False)
                     bar.update(1)
         finally:
+            store.release(owner)
             if bar is not None:
                 bar.close()
-    return {"total": len(tasks), "done_before": done_before, "ran": ran,
-            "remaining": len(pending) - ran}
+        stored = store.completed()
+    remaining = sum(1 for t in tasks if task_key(config, t) not in stored)
+    return {"total": len(tasks), "done_before": done_before, "ran": ran, "remaining": remaining,
+            "claimed_elsewhere": len(busy), "failed": failed}
 
 
 def _progress(total: int, initial: int, enabled: bool):
@@ -417,10 +442,25 @@ def cache_dir() -> Path:
 def default_data(progress: bool = True) -> str:
     """The synthetic fastMRI-layout set (written once into the cache folder); returns its held-out split."""
     out = cache_dir() / "fastmri-synth"
-    if not out.exists() or not any(out.rglob("*.h5")):
+    wanted = {**DEFAULT_SYNTH, "seed": 0}
+    if not synth.is_complete(out, wanted):  # absent, interrupted (no completion marker) or of other parameters
         if progress:
-            print(f"no --data: writing the synthetic fastMRI-layout set to {out} (once)", flush=True)
-        synth.synthesize(out, **DEFAULT_SYNTH, seed=0)
+            state = "redoing the unfinished" if out.exists() else "writing the"
+            print(f"no --data: {state} synthetic fastMRI-layout set in {out} (once)", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+        try:
+            synth.synthesize(staging, **wanted)
+            if not synth.is_complete(out, wanted):  # a concurrent run may have finished it meanwhile
+                if out.exists():
+                    shutil.rmtree(out)  # invsolve's own cache folder, unfinished
+                try:
+                    staging.rename(out)
+                except OSError:
+                    if not synth.is_complete(out, wanted):
+                        raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return str(heldout_split(out))
 
 

@@ -58,6 +58,25 @@ SPLITS = {"train": "multicoil_train", "val": "multicoil_val", "test": "multicoil
 TRAIN_FOV_MM = (64.0, 192.0)
 
 
+COMPLETE_MARKER = ".synth-complete"  # written last: a set without it was interrupted
+
+
+def is_complete(root, parameters: dict | None = None) -> bool:
+    """Whether ``root`` holds a finished ``synthesize`` set (its completion marker, written last, and
+    every volume its manifest lists), made with ``parameters`` (a subset of ``synth.json``'s) when given."""
+    root = Path(root)
+    try:
+        manifest = json.loads((root / "synth.json").read_text())
+        marker = json.loads((root / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    if marker.get("volumes") != len(manifest.get("volumes", ())):
+        return False
+    if parameters and any(manifest.get("parameters", {}).get(k) != v for k, v in parameters.items()):
+        return False
+    return all((root / v["file"]).is_file() for v in manifest.get("volumes", ()))
+
+
 @dataclasses.dataclass
 class SynthSet:
     """What ``synthesize`` wrote: the root, the files of each split and the manifest."""
@@ -359,8 +378,12 @@ def synthesize(out_dir, n_train: int = 8, n_val: int = 4, coils: int = 8, size: 
         names[(split, i)] = root / SPLITS[split] / f"file_brain_{acquisition}_synth{split}_{i:04d}.h5"
     existing = [p for p in names.values() if p.exists()]
     if existing and not force:
-        raise FileExistsError(f"{len(existing)} synthetic files exist already (e.g. {existing[0]}); pass force=True "
-                              "(--force) to replace them")
+        state = ("a finished set" if is_complete(root) else
+                 f"an unfinished set (no {COMPLETE_MARKER}: an earlier run was interrupted)")
+        raise FileExistsError(f"{len(existing)} synthetic files exist already in {root}, {state} (e.g. {existing[0]}); "
+                              "pass force=True (--force) to write them again")
+    if (root / COMPLETE_MARKER).exists():
+        os.remove(root / COMPLETE_MARKER)  # rewritten last, once every file is in place again
 
     full_h = oversampling * size
     maps = coil_maps(coils, size, oversampling, coil_radius)
@@ -405,6 +428,7 @@ def synthesize(out_dir, n_train: int = 8, n_val: int = 4, coils: int = 8, size: 
                            "layout": "fastMRI multicoil: kspace (slices, coils, H, W) complex64, reconstruction_rss "
                                      "(slices, h, w) float32, ismrmrd_header, attrs acquisition/max/norm/patient_id",
                            "volumes": records})
+    _write_json(root / COMPLETE_MARKER, {"volumes": len(records), "parameters": parameters})
     return SynthSet(root=root, splits={s: files for s, files in written.items() if files or s != "test"},
                     manifest=manifest, kspace_shape=(slices, coils, full_h, size), target_shape=(slices, size, size))
 
