@@ -193,11 +193,22 @@ def _l1_wavelet(y, maps, mask, lamda, max_iter, wave_name):
     height, width = y.shape[-2:]
     weights = np.ascontiguousarray(np.broadcast_to(mask.numpy()[None, :], (height, width)))
     out = []
-    for k in range(y.shape[0]):
-        app = L1WaveletRecon(y[k].numpy(), maps[k].numpy(), float(lamda), weights=weights, wave_name=wave_name,
-                             max_iter=int(max_iter), show_pbar=False)
-        out.append(torch.from_numpy(np.asarray(app.run())))
+    caller_state = np.random.get_state()
+    try:
+        for k in range(y.shape[0]):
+            # sigpy's step size comes from a power iteration (sigpy.app.MaxEig) started at
+            # sigpy.util.randn, which draws from numpy's global RNG: give it a fixed start per slice
+            # (same input, same output) and hand the caller's RNG state back untouched
+            np.random.seed(L1_WAVELET_POWER_SEED)
+            app = L1WaveletRecon(y[k].numpy(), maps[k].numpy(), float(lamda), weights=weights, wave_name=wave_name,
+                                 max_iter=int(max_iter), show_pbar=False)
+            out.append(torch.from_numpy(np.asarray(app.run())))
+    finally:
+        np.random.set_state(caller_state)
     return torch.stack(out)
+
+
+L1_WAVELET_POWER_SEED = 0
 
 
 # ------------------------------------------------------------------------------------------
