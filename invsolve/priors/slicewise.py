@@ -26,10 +26,23 @@ the backward recomputes each chunk's forward and pulls the gradient back through
 ``x`` itself. Gradients flow to ``x`` only (not to the 2D network's parameters; train the 2D
 prior as a 2D prior). The autograd function uses ``setup_context``, so it composes with
 ``torch.func.grad`` / ``vjp``.
+
+Outputs are written chunk by chunk into one preallocated volume (no list of chunk outputs
+concatenated at the end), so a call holds the input, its output (and, in backward, the incoming
+and outgoing gradients) plus one chunk's working memory.
+
+Scale-out. ``workers=N`` denoises the chunks of one call on N Ray actors (``pip install
+'invsolve[distributed]'``; Ray is imported only then): ``ray.init()`` on this machine, or the
+cluster at ``address=``. Each actor holds a copy of the 2D prior(s): one actor per GPU when the
+cluster has at least N GPUs, else CPU processes with ``torch.set_num_threads(1)``. The chunks are
+cut and reassembled here in the same order, so the result is the single-process result (the
+same chunks, the same 2D network, the same thread count); everything else a sampler does (CG,
+ADMM-TV, noise) stays in the calling process.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -149,6 +162,8 @@ class _Slicer:
     denoiser: object
     dim: int
     chunk: int
+    pool: object = None  # a _RayPool, or None to run the chunks here
+    key: int = -1  # which of the pool's priors (-1: the primary 2D prior, else an ``others`` axis)
 
     def slices(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C, D, H, W) -> (N * S, C, p, q) slices along ``dim``, (sample, slice) order."""
@@ -176,25 +191,130 @@ class _Slicer:
     def _take(sigma, a: int, b: int):
         return sigma[a:b] if torch.is_tensor(sigma) and sigma.ndim == 1 and sigma.numel() > 1 else sigma
 
+    @staticmethod
+    def _assemble(spans, parts, total: int) -> torch.Tensor:
+        """Write the chunk results into one preallocated (total, ...) tensor, in span order."""
+        out = None
+        for (a, b), part in zip(spans, parts):
+            if out is None:
+                out = part.new_empty((total, *part.shape[1:]))
+            out[a:b] = part
+            del part
+        return out
+
     def run(self, x: torch.Tensor, sigma) -> torch.Tensor:
         xs = self.slices(x)
         sig = self.sigma_rows(sigma, x.shape[0], x.shape[self.dim])
+        spans = list(self.chunks(xs.shape[0]))
         with torch.no_grad():
-            out = torch.cat([self.denoiser(xs[a:b], self._take(sig, a, b)) for a, b in self.chunks(xs.shape[0])])
+            if self.pool is not None:
+                parts = self.pool.map("denoise", self.key, [(xs[a:b], self._take(sig, a, b)) for a, b in spans])
+            else:  # lazily, one chunk alive at a time
+                parts = (self.denoiser(xs[a:b], self._take(sig, a, b)) for a, b in spans)
+            out = self._assemble(spans, parts, xs.shape[0])
         return self.volume(out, x)
 
     def vjp(self, x: torch.Tensor, sigma, grad: torch.Tensor) -> torch.Tensor:
         xs = self.slices(x.detach())
         gs = self.slices(grad)
         sig = self.sigma_rows(sigma, x.shape[0], x.shape[self.dim])
-        parts = []
-        for a, b in self.chunks(xs.shape[0]):
-            s_ab = self._take(sig, a, b)
-            with torch.enable_grad():
-                _, pull = torch.func.vjp(lambda t: self.denoiser(t, s_ab), xs[a:b])
-                (g,) = pull(gs[a:b].contiguous())
-            parts.append(g)
-        return self.volume(torch.cat(parts), x)
+        spans = list(self.chunks(xs.shape[0]))
+        if self.pool is not None:
+            parts = self.pool.map("vjp", self.key, [(xs[a:b], self._take(sig, a, b), gs[a:b].contiguous())
+                                                   for a, b in spans])
+        else:
+            parts = (chunk_vjp(self.denoiser, xs[a:b], self._take(sig, a, b), gs[a:b].contiguous()) for a, b in spans)
+        return self.volume(self._assemble(spans, parts, xs.shape[0]), x)
+
+
+def chunk_vjp(denoiser, xs: torch.Tensor, sigma, g: torch.Tensor) -> torch.Tensor:
+    """The vector-Jacobian product of ``denoiser(., sigma)`` at one chunk ``xs`` with ``g``."""
+    with torch.enable_grad():
+        _, pull = torch.func.vjp(lambda t: denoiser(t, sigma), xs)
+        (out,) = pull(g)
+    return out
+
+
+# ---- scale-out over Ray actors ----------------------------------------------------------------------
+
+
+def import_ray():
+    """Ray, imported on demand; a ``ConfigError`` naming the extra when it is not installed."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("SliceWisePrior(workers=...) needs Ray: pip install 'invsolve[distributed]'") from None
+    return ray
+
+
+class _ChunkWorker:
+    """The body of one Ray actor: copies of the 2D prior(s), denoising chunks sent by the coordinator."""
+
+    def __init__(self, priors: dict, device: str):
+        torch.set_num_threads(1)
+        self.device = torch.device(device)
+        self.priors = {k: p.to(self.device).eval() for k, p in priors.items()}
+
+    def _to(self, v):
+        return v.to(self.device) if torch.is_tensor(v) else v
+
+    def denoise(self, key: int, xs: torch.Tensor, sigma) -> torch.Tensor:
+        with torch.no_grad():
+            return self.priors[key](self._to(xs), self._to(sigma)).cpu()
+
+    def vjp(self, key: int, xs: torch.Tensor, sigma, g: torch.Tensor) -> torch.Tensor:
+        return chunk_vjp(self.priors[key], self._to(xs), self._to(sigma), self._to(g)).cpu()
+
+    def threads(self) -> int:
+        return torch.get_num_threads()
+
+    def peak_rss_mib(self) -> float | None:
+        """This worker process's peak resident memory (Linux VmHWM), for sizing workers."""
+        try:
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            return None
+
+
+class _RayPool:
+    """``workers`` Ray actors holding the priors ``{key: prior}``; chunks go round-robin, come back in order."""
+
+    def __init__(self, priors: dict, workers: int, address: str | None):
+        ray = import_ray()
+        if not ray.is_initialized():
+            if address is None:  # a local Ray with a CPU slot per worker at least (none is left pending)
+                ray.init(num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
+                         logging_level="WARNING", log_to_driver=False)
+            else:
+                ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        resources = ray.cluster_resources()
+        gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+        if gpus >= workers:
+            options, device = {"num_gpus": 1, "num_cpus": 0}, "cuda"
+        elif cpus >= workers:
+            options, device = {"num_cpus": 1}, "cpu"
+        else:
+            raise ConfigError(f"workers={workers} but the Ray cluster has {cpus} CPUs and {gpus} GPUs; "
+                              f"lower workers or add nodes")
+        self.ray, self.device = ray, device
+        on_cpu = lambda p: all(t.device.type == "cpu" for t in p.state_dict().values())  # noqa: E731
+        cpu_priors = {k: p if on_cpu(p) else copy.deepcopy(p).to("cpu") for k, p in priors.items()}  # not in place
+        ref = ray.put(cpu_priors)
+        actor = ray.remote(_ChunkWorker).options(**options)
+        self.actors = [actor.remote(ref, device) for _ in range(workers)]
+        ray.get([a.threads.remote() for a in self.actors])  # started and holding the priors
+
+    def map(self, method: str, key: int, chunks):
+        """Submit every chunk (round-robin over the actors), then yield the results in chunk order."""
+        refs = [getattr(self.actors[i % len(self.actors)], method).remote(key, *args) for i, args in enumerate(chunks)]
+        for ref in refs:
+            yield self.ray.get(ref)
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+        self.actors = []
 
 
 class _ChunkedDenoise(torch.autograd.Function):
@@ -241,6 +361,9 @@ class SliceWisePrior(Prior):
         axis=...)`` uses them (TPDM's two perpendicular priors); any other axis uses ``prior2d``.
     :param memory_limit: bytes the chunks may use (default: the free memory of the device).
     :param memory_fraction: fraction of the free memory the estimate may fill (default 0.5).
+    :param workers: denoise the chunks on this many Ray actors (``invsolve[distributed]``); None
+        (default): in this process.
+    :param address: the Ray cluster to use with ``workers`` (default: ``ray.init()`` on this machine).
 
     ``D(x, sigma, axis=None)`` takes the batch (N, C, D, H, W); ``axis`` overrides the slice
     axis for one call (the network must accept that plane's size). ``sigma`` is a number or
@@ -251,7 +374,8 @@ class SliceWisePrior(Prior):
 
     def __init__(self, prior2d: Prior, axis="axial", chunk: int | str = "auto", depth: int | None = None,
                  others: Mapping[str | int, Prior] | None = None, memory_limit: int | None = None,
-                 memory_fraction: float = 0.5):
+                 memory_fraction: float = 0.5, workers: int | None = None, address: str | None = None,
+                 _pool=None):
         card2d = prior2d.card
         if len(card2d.shape) != 3:
             raise ConfigError(f"SliceWisePrior takes a 2D prior (card shape (C, H, W)); {card2d.name!r} has shape "
@@ -267,6 +391,12 @@ class SliceWisePrior(Prior):
             raise ConfigError(f"memory_limit must be > 0 bytes, got {memory_limit!r}")
         if not 0 < memory_fraction <= 1:
             raise ConfigError(f"memory_fraction must be in (0, 1], got {memory_fraction!r}")
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+            raise ConfigError(f"workers must be an integer >= 1 (Ray actors) or None, got {workers!r}")
+        if address is not None and workers is None:
+            raise ConfigError("address= is the Ray cluster for workers=; give workers=N too")
+        if workers is not None:
+            import_ray()  # fail here, before any work, when the extra is missing
         self.axis = resolve_axis(axis)
         self.others = {resolve_axis(k): v for k, v in (others or {}).items()}
         for a, other in self.others.items():
@@ -275,6 +405,7 @@ class SliceWisePrior(Prior):
                                   f"and unit map (scale, offset)")
         self.chunk, self.depth = chunk, depth
         self.memory_limit, self.memory_fraction = memory_limit, memory_fraction
+        self.workers, self.address = workers, address
         shape = None
         if depth is not None:
             plane = list(card2d.shape[1:])
@@ -287,11 +418,13 @@ class SliceWisePrior(Prior):
         self.prior2d = prior2d
         self.other_priors = torch.nn.ModuleList(list(self.others.values()))
         self._per_slice: dict = {}
+        self._pool_box = _pool if _pool is not None else [None]  # shared by with_depth/with_chunk clones
 
     # -- construction helpers
     def _clone(self, **changes) -> "SliceWisePrior":
         params = dict(axis=self.axis, chunk=self.chunk, depth=self.depth, others=self.others,
-                      memory_limit=self.memory_limit, memory_fraction=self.memory_fraction)
+                      memory_limit=self.memory_limit, memory_fraction=self.memory_fraction, workers=self.workers,
+                      address=self.address, _pool=self._pool_box)
         params.update(changes)
         return SliceWisePrior(self.prior2d, **params)
 
@@ -347,6 +480,21 @@ class SliceWisePrior(Prior):
     def _denoiser_for(self, axis: int):
         return self.others.get(axis, self.prior2d)
 
+    def _pool(self):
+        """The Ray actors (started at the first call with ``workers``), or None."""
+        if self.workers is None:
+            return None
+        if self._pool_box[0] is None:
+            priors = {-1: self.prior2d, **self.others}
+            self._pool_box[0] = _RayPool(priors, self.workers, self.address)
+        return self._pool_box[0]
+
+    def close(self) -> None:
+        """Stop the Ray actors of ``workers`` (also for the clones sharing them); a later call starts new ones."""
+        if self._pool_box[0] is not None:
+            self._pool_box[0].close()
+            self._pool_box[0] = None
+
     def forward(self, x: torch.Tensor, sigma, axis=None) -> torch.Tensor:
         a = self.axis if axis is None else resolve_axis(axis)
         if x.ndim != 5:
@@ -356,7 +504,7 @@ class SliceWisePrior(Prior):
             raise DataError(f"volumes have {x.shape[1]} channels but the 2D prior {self.prior2d.card.name!r} takes "
                             f"{channels}")
         chunk = self.plan(tuple(x.shape), a, x.dtype, x.device)
-        slicer = _Slicer(self._denoiser_for(a), 2 + a, chunk)
+        slicer = _Slicer(self._denoiser_for(a), 2 + a, chunk, self._pool(), a if a in self.others else -1)
         if torch.is_grad_enabled() and x.requires_grad:
             return _ChunkedDenoise.apply(x, sigma, slicer)
         return slicer.run(x, sigma)
