@@ -47,7 +47,7 @@ from .fit import prior_fit
 from .io import MARKER, finish_output, load_nifti, prepare_output, save_figure, save_nifti, save_npy
 from .metrics import psnr, ssim
 from .priors import load_prior
-from .problem import Problem
+from .problem import Problem, fit_physics
 from .samplers import names as sampler_names, sample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -230,6 +230,15 @@ def _make_operator(name: str, params: dict, img_size) -> object:
         return ops.make(name, **params)
 
 
+def _physics_for(prior, physics, config: ReconstructConfig, record: dict):
+    """The operator as the prior's images meet it (``invsolve.problem.fit_physics``): e.g. the MRI
+    operators (complex images, 2 channels) seen on a magnitude prior's real images; recorded."""
+    fit = fit_physics(physics, prior.shape, who=f"prior {prior.card.name!r}", device=config.device)
+    record["physics"] = {"operator": type(physics).__name__, "adapter": fit.adapter, "dtype": str(fit.dtype).replace("torch.", ""),
+                         "measurement_shape": list(fit.output_shape[1:])}
+    return fit.physics
+
+
 def _classical(physics, y) -> torch.Tensor:
     """A quick prior-free estimate for the fit check: FBP for CT, least squares otherwise."""
     with torch.no_grad():
@@ -279,7 +288,8 @@ def _run(config: ReconstructConfig, progress, log):
     if config.simulate is not None:
         unit, window = _to_unit(array, config.window)
         truth, size = _as_slices(unit, prior.shape, config.resize, f"input {config.input}")
-        physics = _make_operator(config.simulate, config.operator_params, tuple(prior.shape[-2:]))
+        physics = _physics_for(prior, _make_operator(config.simulate, config.operator_params, tuple(prior.shape[-2:])),
+                               config, record)
         sigma_y = 0.05 if config.sigma_y is None else float(config.sigma_y)
         with torch.no_grad():
             clean = physics.A(truth)
@@ -287,7 +297,8 @@ def _run(config: ReconstructConfig, progress, log):
         check_on = truth
         record["input"]["window"] = list(window)
     else:
-        physics = _make_operator(config.operator, config.operator_params, tuple(prior.shape[-2:]))
+        physics = _physics_for(prior, _make_operator(config.operator, config.operator_params, tuple(prior.shape[-2:])),
+                               config, record)
         sigma_y, truth, window = float(config.sigma_y), None, None
         measured = torch.from_numpy(np.ascontiguousarray(array)).float()
         with torch.no_grad():

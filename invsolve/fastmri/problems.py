@@ -37,6 +37,7 @@ from deepinv.physics import LinearPhysics
 from operators.mri import SenseMRI, SingleCoilMRI, center_crop, ifftc
 
 from ..errors import ConfigError, DataError
+from ..problem import real_to_complex
 from .baselines import SCALE_PERCENTILE, coil_kspace, lowres_maps
 from .masks import volume_mask  # noqa: F401 (the benchmark's mask: fastMRI's, seeded per file)
 
@@ -82,7 +83,7 @@ class EmbeddedMRI(LinearPhysics):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
-            x = torch.cat([x, torch.zeros_like(x)], dim=1)
+            x = real_to_complex(x)  # the library's one real -> complex embedding (invsolve.problem)
         if self.crop == self.full:
             return x
         out = x.new_zeros((*x.shape[:2], *self.full))

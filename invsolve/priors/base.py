@@ -163,7 +163,7 @@ class Prior(nn.Module):
         if view.fit is None and view.x_shape is not None:
             # one probe A call: a 1-channel prior on complex physics sees it through the real channel,
             # the state dtype follows what the physics takes, shapes are checked (problem.fit_physics)
-            view.fit = fit_physics(problem.physics, view.x_shape, problem.y, who=f"prior {self.card.name!r}")
+            view.fit = fit_physics(view.physics, view.x_shape, problem.y, who=f"prior {self.card.name!r}")
         return problem.cache_view(self, view)
 
     def _view(self, problem: Problem) -> ModelProblem:

@@ -11,14 +11,16 @@ and turns the samples into a ``Posterior`` in physical units. Samplers see the s
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+import typing
 from typing import Callable
 
 import torch
 
 from operators.errors import ConfigError, UnknownNameError, UnknownOptionError, closest_first
 
-from .toolkit import Generator
+from .toolkit import Generator, StateShape
 
 _SAMPLERS: dict[str, type] = {}
 
@@ -86,7 +88,46 @@ def configure(name: str, preset: str | None = None, **overrides):
         raise UnknownOptionError(f"{name} got unknown hyperparameters {sorted(unknown)}; valid ones: "
                                  f"{closest_first(sorted(unknown)[0], fields)}")
     params.update(overrides)
+    check_values(cls, name, params)
     return cls(**params)
+
+
+# integer counts that must be >= 1 (other integer hyperparameters must be >= 0); a sampler class may
+# widen or narrow these with a ``COUNT_MINIMUM`` dict of its own
+COUNT_MINIMUM = {"steps": 1, "levels": 1, "particles": 1, "ode_steps": 1, "dense_max": 1}
+
+
+def check_values(cls, name: str, params: dict) -> None:
+    """The generic checks of every sampler's hyperparameters (before its own ``__post_init__``):
+    numbers finite, integer counts integers within range, flags booleans. A ``ConfigError`` naming
+    the sampler and the field; integral floats given for integer counts (``steps=10.0``) become ints."""
+    hints = typing.get_type_hints(cls)
+    minimum = {**COUNT_MINIMUM, **getattr(cls, "COUNT_MINIMUM", {})}
+    for f in dataclasses.fields(cls):
+        if f.name not in params:
+            continue
+        value, hint = params[f.name], hints.get(f.name)
+        allowed = set(typing.get_args(hint)) or {hint}
+        if value is None and type(None) in allowed:
+            continue
+        if allowed <= {bool, type(None)}:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{name}: hyperparameter {f.name} must be true or false, got {value!r}")
+        elif int in allowed and float not in allowed:
+            if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+                value = params[f.name] = int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name}: hyperparameter {f.name} must be an integer, got {value!r}")
+            low = minimum.get(f.name, 0)
+            if value < low:
+                raise ConfigError(f"{name}: hyperparameter {f.name} must be >= {low}, got {value}")
+        elif float in allowed:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                if str in allowed and isinstance(value, str):
+                    continue
+                raise ConfigError(f"{name}: hyperparameter {f.name} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise ConfigError(f"{name}: hyperparameter {f.name} must be finite, got {value}")
 
 
 def nfe_overrides(name: str, nfe: int) -> dict:
@@ -109,9 +150,15 @@ class CountingPrior:
     def __init__(self, prior):
         self.prior = prior
         self.calls = 0
+        # a float32 network prior meets a float64 state (float64 physics) in float32, cast in and out
+        dtypes = [t.dtype for t in (*prior.parameters(), *prior.buffers()) if t.is_floating_point()] \
+            if isinstance(prior, torch.nn.Module) else []
+        self.net_dtype = dtypes[0] if dtypes and all(d == dtypes[0] for d in dtypes) else None
 
     def __call__(self, x: torch.Tensor, sigma, **kwargs) -> torch.Tensor:
         self.calls += 1
+        if x.dtype == torch.float64 and self.net_dtype is not None and self.net_dtype != torch.float64:
+            return self.prior(x.to(self.net_dtype), sigma, **kwargs).to(x.dtype)
         return self.prior(x, sigma, **kwargs)  # kwargs: e.g. a slice-wise prior's axis (TPDM)
 
     def __getattr__(self, name):
@@ -134,7 +181,8 @@ def sample(name: str, prior, problem, n_samples: int = 1, generator: Generator =
     view = prior.model_problem(problem)
     counted = CountingPrior(prior)
     start = time.perf_counter()
-    x = sampler.run(counted, view, (n_samples * view.batch, *view.x_shape), generator, callback)
+    x_shape = StateShape((n_samples * view.batch, *view.x_shape), dtype=view.dtype)
+    x = sampler.run(counted, view, x_shape, generator, callback)
     seconds = time.perf_counter() - start
     with torch.no_grad():
         samples = view.to_physical(x.detach())

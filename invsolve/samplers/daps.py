@@ -144,6 +144,9 @@ class DAPS:
         # pixel_hmc super-resolution chain, chosen on training-distribution phantoms (docs/samplers.md)
         "ct-sparse8": dict(levels=50, ode_steps=2, tau=0.01, mc_algo="hmc", mc_steps=12, lr=1.04e-4,
                            lr_min_ratio=0.012, momentum=0.90),
+        # invsolve's 4x MRI (mri-4x-equispaced) with the magnitude prior mri-brain64 seen through the real
+        # channel (no official MRI setting); chosen on 2 MNI152 T1 slices, benchmarks/mri/tune_presets.md
+        "mri-4x": dict(levels=50, ode_steps=2, mc_algo="langevin", mc_steps=100, lr=1e-4, lr_min_ratio=0.01, tau=0.01),
     }
 
     def __post_init__(self):

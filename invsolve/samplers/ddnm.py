@@ -152,7 +152,7 @@ class DDNM:
         (``e ~ N(0, sigma_y^2 I)``) per seen coordinate, by ``PROBES`` Hutchinson probes from a
         fixed generator (no caller randomness used); exact for ``M M^T = c I``."""
         g = torch.Generator().manual_seed(0)
-        probe = torch.randn((PROBES, *x_shape[1:]), generator=g)
+        probe = torch.randn((PROBES, *x_shape[1:]), generator=g, dtype=problem.dtype)
         seen = problem.linear_forward(probe)
         e = torch.randn(seen.shape, generator=g, dtype=seen.dtype)
         if e.is_complex():  # sigma_y per real and imaginary part

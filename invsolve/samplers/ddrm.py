@@ -99,7 +99,7 @@ class DDRM:
                                "projection with conjugate gradients) or 'pigdm'.")
         sigmas = sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()
         sigma_y = problem.sigma_y
-        like = torch.zeros(x_shape)
+        like = torch.zeros(x_shape, dtype=problem.dtype)
         with torch.no_grad():
             yb = lin.y_spectral(x_shape[0], like)
             s = lin.singular_values(yb).abs()

@@ -62,6 +62,9 @@ class DPS:
         # invsolve's 8-view CT on ct-phantom64 (no official setting: DPS has no CT task);
         # chosen on training-distribution phantoms, see docs/samplers.md
         "ct-sparse8": dict(steps=250, zeta=0.5, schedule="karras"),
+        # invsolve's 4x MRI (mri-4x-equispaced) with the magnitude prior mri-brain64 seen through the real
+        # channel (no official MRI setting); chosen on 2 MNI152 T1 slices, benchmarks/mri/tune_presets.md (zeta 10: the grid's edge)
+        "mri-4x": dict(steps=100, schedule="karras", zeta=10.0),
     }
 
     def run(self, prior, problem, x_shape, generator, callback=None):

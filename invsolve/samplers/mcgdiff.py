@@ -42,7 +42,7 @@ import torch
 from operators.errors import PhysicsError
 
 from .base import register
-from .toolkit import (LinearPart, draw_one, ess, heaviest, model_clip, particle_noise, report, resample_if, select,
+from .toolkit import (StateShape, LinearPart, draw_one, ess, heaviest, model_clip, particle_noise, report, resample_if, select,
                       sigma_grid, to_groups)
 
 
@@ -104,9 +104,9 @@ class MCGdiff:
             raise PhysicsError(f"MCGdiff works in the SVD basis of linear physics and needs an exact SVD: {reason}. "
                                "Use 'fps' or 'tds', which need no SVD.")
         n, n_part = x_shape[0], self.particles
-        rows = (n * n_part, *x_shape[1:])
+        rows = StateShape((n * n_part, *x_shape[1:]), problem.dtype)  # the state dtype (float64 physics)
         clip = model_clip(prior, problem) if self.clip_denoised else None
-        probe = torch.zeros((1, *x_shape[1:]))
+        probe = torch.zeros((1, *x_shape[1:]), dtype=problem.dtype)
         with torch.no_grad():
             yt = lin.y_spectral(n, probe)                       # (N, *spectral)
             s = lin.singular_values(yt).abs()                   # (1, *spectral)

@@ -72,6 +72,9 @@ class PiGDM:
         # invsolve's 8-view CT on ct-phantom64 (no reference setting); chosen on
         # training-distribution phantoms (seed 123), see docs/samplers.md
         "ct-sparse8": dict(steps=100, eta=1.0, weight=1.0),
+        # invsolve's 4x MRI (mri-4x-equispaced) with the magnitude prior mri-brain64 seen through the real
+        # channel (no official MRI setting); chosen on 2 MNI152 T1 slices, benchmarks/mri/tune_presets.md (weight 2: the grid's edge)
+        "mri-4x": dict(steps=100, eta=1.0, weight=2.0),
     }
 
     def __post_init__(self):

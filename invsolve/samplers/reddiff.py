@@ -131,7 +131,7 @@ class REDDiff:
         return evaluated
 
     def _init(self, problem, x_shape):
-        dtype = torch.get_default_dtype()
+        dtype = problem.dtype  # float32, or float64 for float64 physics (fit_physics)
         if self.init == "zeros" or not problem.is_linear:
             return torch.zeros(x_shape, dtype=dtype)
         zero = torch.zeros(x_shape, dtype=dtype)

@@ -36,7 +36,7 @@ import dataclasses
 import torch
 
 from .base import register
-from .toolkit import (draw_one, ess, heaviest, guided_denoise, model_clip, particle_noise, report, resample_if, select,
+from .toolkit import (StateShape, draw_one, ess, heaviest, guided_denoise, model_clip, particle_noise, report, resample_if, select,
                       sigma_grid, to_groups)
 
 
@@ -76,7 +76,7 @@ class TDS:
 
     def run(self, prior, problem, x_shape, generator, callback=None):
         n, n_part = x_shape[0], self.particles
-        rows = (n * n_part, *x_shape[1:])
+        rows = StateShape((n * n_part, *x_shape[1:]), problem.dtype)  # the state dtype (float64 physics)
         clip = model_clip(prior, problem) if self.clip_denoised else None
         s2 = max(problem.sigma_y, self.sigma_y_min) ** 2
         sigmas = sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()

@@ -281,10 +281,23 @@ def admm_tv_data_step(problem, x: torch.Tensor, state: TVState, dims, lam: float
 # ---- noise and callbacks ----------------------------------------------------------------------------
 
 
-def randn(shape: Sequence[int], generator: Generator, dtype=torch.float32, device=None) -> torch.Tensor:
+class StateShape(tuple):
+    """The model batch shape ``(N, *sample_shape)`` a sampler's ``run`` gets, carrying the state's
+    ``dtype`` (float32, or the measurement's float64 where the physics needs it: ``fit_physics``)
+    so that ``randn(x_shape, ...)`` draws the initial state in it."""
+
+    def __new__(cls, shape, dtype=torch.float32):
+        self = super().__new__(cls, tuple(int(n) for n in shape))
+        self.dtype = dtype
+        return self
+
+
+def randn(shape: Sequence[int], generator: Generator, dtype=None, device=None) -> torch.Tensor:
     """Standard normal noise; with a list of generators, draw j's rows come from generator j only.
 
-    ``device`` defaults to the generator's device (a CUDA generator draws on its GPU)."""
+    ``dtype`` defaults to ``shape.dtype`` for a ``StateShape``, else float32; ``device`` defaults to
+    the generator's device (a CUDA generator draws on its GPU)."""
+    dtype = dtype if dtype is not None else getattr(shape, "dtype", torch.float32)
     if generator is None or isinstance(generator, torch.Generator):
         device = device if device is not None or generator is None else generator.device
         return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
@@ -295,7 +308,7 @@ def randn(shape: Sequence[int], generator: Generator, dtype=torch.float32, devic
 
 def step_noise(like: torch.Tensor, generator: Generator, sigma_next: float) -> torch.Tensor:
     """Fresh noise for a step to ``sigma_next``; zeros (no draw) for the final step to 0."""
-    return randn(like.shape, generator) if sigma_next > 0 else torch.zeros_like(like)
+    return randn(like.shape, generator, dtype=like.dtype) if sigma_next > 0 else torch.zeros_like(like)
 
 
 def report(callback: Callable[[dict], None] | None, step: int, steps: int, sigma: float, x: torch.Tensor,
@@ -345,7 +358,7 @@ class LinearPart:
     def _assemble(self) -> None:
         d = math.prod(self.sample_shape)
         with torch.no_grad():
-            basis = torch.eye(d).reshape(d, *self.sample_shape)
+            basis = torch.eye(d, dtype=getattr(self.problem, "dtype", torch.float32)).reshape(d, *self.sample_shape)
             columns = self.problem.linear_forward(basis)
         if columns.is_complex():
             return
@@ -615,10 +628,11 @@ def select(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     return from_groups(grouped[rows, indices.to(x.device)])
 
 
-def particle_noise(shape: Sequence[int], n_particles: int, generator: Generator, dtype=torch.float32) -> torch.Tensor:
+def particle_noise(shape: Sequence[int], n_particles: int, generator: Generator, dtype=None) -> torch.Tensor:
     """Standard normal noise for particle-major rows ``(P * N, ...)``; with a list of generators,
     generator j draws the particles of its own groups only (as ``randn`` does for samples)."""
     n = shape[0] // n_particles
+    dtype = dtype if dtype is not None else getattr(shape, "dtype", torch.float32)
     return from_groups(randn((n * n_particles, *shape[1:]), generator, dtype).reshape(n, n_particles, *shape[1:]))
 
 
