@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -40,7 +41,7 @@ import invsolve as iv
 import operators as ops
 from invsolve.metrics import ssim
 from invsolve.phantoms import VOLUME_HELDOUT_SEED, VOLUME_TUNE_SEED, random_ellipsoids
-from invsolve.priors.slicewise import SliceWisePrior
+from invsolve.priors.slicewise import SliceWisePrior, _PeakBytes
 from operators.linalg import TVState, admm_tv_step
 
 HERE = Path(__file__).resolve().parent
@@ -181,36 +182,146 @@ def tune(args) -> None:
                               f"sigma_y={SIGMA_Y}; tuning grid (fewer steps for diffusionmbir/tpdm)")
 
 
-def memory_point(depth: int) -> dict:
-    """Peak RSS of one D(x, sigma) call with grad (DPS-style) on a (1, 1, depth, 64, 64) volume, fixed chunk."""
+MEMORY_DEPTHS = (64, 128, 256)
+MEMORY_MODES = ("denoise", "denoise+vjp", "dds-step")
+MEMORY_REPEATS = 3
+MEMORY_PROCESSES = 3  # fresh processes per (mode, D): the RSS high-water mark varies by tens of MiB between them
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM, also ru_maxrss) of this process: Linux clear_refs 5."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_point(depth: int, mode: str) -> dict:
+    """Peak RSS and seconds of one slice-wise call on a (1, 1, depth, 64, 64) volume, fixed chunk (own process).
+
+    ``denoise``: D(x, sigma) without grad (what DDS / DiffusionMBIR call); ``denoise+vjp``: D(x, sigma)
+    with x requiring grad and its chunk-by-chunk backward (DPS guidance); ``dds-step``: one whole DDS
+    step of the ct-sparse8 preset (denoise, CG 5 + ADMM-TV-z over the volume, eta-DDIM) via ``iv.sample``.
+    The peak is the RSS high-water mark beyond the RSS just before the first call (model, volume and the
+    one-slice memory probe already resident), the high-water mark being reset there; ``tensor_peak_mib``
+    is the peak of the torch storages one more call allocates (``_PeakBytes``, independent of malloc).
+    """
     torch.set_num_threads(1)
     prior = SliceWisePrior(iv.load_prior("ct-phantom64"), "axial", chunk=CHUNK, depth=depth)
     x = torch.randn(1, 1, depth, 64, 64, generator=torch.Generator().manual_seed(0))
-    prior.plan(tuple(x.shape))  # probe outside the measured window
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
-    xg = x.requires_grad_(True)
-    out = prior(xg, 1.0)
-    (g,) = torch.autograd.grad(out.sum(), xg)
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    prior.plan(tuple(x.shape))  # the per-slice memory probe (one slice), outside the measured window
+    physics = problem = None
+    if mode == "dds-step":
+        physics = ops.make("ct", img_size=64, views=8)
+        truth = volume(VOLUME_HELDOUT_SEED)[:, :, :1].expand(1, 1, depth, 64, 64).contiguous()
+        problem = iv.Problem(physics, measure(physics, truth), sigma_y=SIGMA_Y, prior=prior)
+
+    def call():
+        if mode == "denoise":
+            with torch.no_grad():
+                return prior(x, 1.0)
+        if mode == "denoise+vjp":
+            xg = x.detach().requires_grad_(True)
+            out = prior(xg, 1.0)
+            (g,) = torch.autograd.grad(out, xg, torch.ones_like(out))
+            return g
+        post = iv.sample("dds", prior, problem, generator=torch.Generator().manual_seed(SEED), preset="ct-sparse8",
+                         steps=1)
+        return post.samples
+
+    base = _rss_kib("VmRSS")
+    reset = _reset_peak()
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    wall, cpu = [], []
+    for _ in range(MEMORY_REPEATS):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = call()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+        del out
+    peak = _rss_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with _PeakBytes() as counter:  # allocator-independent: peak bytes of the torch storages the call allocates
+        del_out = call()
+    del del_out
     volume_mib = x.numel() * 4 / 2 ** 20
-    return {"slices": depth, "chunk": CHUNK, "volume_mib": round(volume_mib, 1),
-            "peak_beyond_start_mib": round((peak - base) / 1024, 1),
-            "peak_beyond_start_minus_4_volumes_mib": round((peak - base) / 1024 - 4 * volume_mib, 1),
-            "seconds_fwd_bwd": round(seconds, 2), "seconds_per_slice": round(seconds / depth, 4)}
+    wall_s, cpu_s = sorted(wall)[len(wall) // 2], sorted(cpu)[len(cpu) // 2]
+    return {"mode": mode, "slices": depth, "chunk": CHUNK, "volume_mib": round(volume_mib, 2),
+            "base_rss_mib": round(base / 1024, 1), "peak_beyond_base_mib": round((peak - base) / 1024, 1),
+            "tensor_peak_mib": round(counter.peak / 2 ** 20, 1),
+            "peak_reset": reset, "maxrss_before_mib": round(maxrss_before / 1024, 1),
+            "wall_s": round(wall_s, 3), "cpu_s": round(cpu_s, 3), "cpu_s_per_slice": round(cpu_s / depth, 5)}
 
 
 def memory(args) -> None:
-    rows = []
-    for depth in (64, 256):
-        out = subprocess.run([sys.executable, __file__, "--memory-point", str(depth)], capture_output=True, text=True,
-                             check=True)
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(rows[-1], flush=True)
-    write(rows, args, "memory", "one slice-wise D(x, sigma) call with its chunk-by-chunk backward (DPS guidance), "
-                                f"64x64 slices, chunk {CHUNK}; peak RSS (ru_maxrss) beyond the RSS after setup, "
-                                "each size in its own process")
+    rows, median = [], lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    load0 = os.getloadavg()
+    for mode in MEMORY_MODES:
+        for depth in MEMORY_DEPTHS:
+            runs = []
+            for _ in range(MEMORY_PROCESSES):
+                out = subprocess.run([sys.executable, __file__, "--memory-point", str(depth), "--memory-mode", mode],
+                                     capture_output=True, text=True, check=True)
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            peaks = [r["peak_beyond_base_mib"] for r in runs]
+            rows.append({"mode": mode, "slices": depth, "chunk": CHUNK, "volume_mib": runs[0]["volume_mib"],
+                         "peak_rss_beyond_base_mib": median(peaks), "peak_rss_min_mib": min(peaks),
+                         "peak_rss_max_mib": max(peaks), "tensor_peak_mib": median([r["tensor_peak_mib"] for r in runs]),
+                         "wall_s": median([r["wall_s"] for r in runs]), "cpu_s": median([r["cpu_s"] for r in runs]),
+                         "cpu_s_per_slice": round(median([r["cpu_s"] for r in runs]) / depth, 5)})
+            print(rows[-1], flush=True)
+    for r in rows:  # the issue's ratios: memory and time per slice against the 64-slice volume
+        first = next(q for q in rows if q["mode"] == r["mode"] and q["slices"] == MEMORY_DEPTHS[0])
+        r["rss_ratio_vs_64"] = round(r["peak_rss_beyond_base_mib"] / first["peak_rss_beyond_base_mib"], 2)
+        r["tensor_ratio_vs_64"] = round(r["tensor_peak_mib"] / first["tensor_peak_mib"], 2)
+        r["cpu_per_slice_ratio_vs_64"] = round(r["cpu_s_per_slice"] / first["cpu_s_per_slice"], 2)
+    load = os.getloadavg()
+    write(rows, args, "memory", f"Slice-wise calls on (1, 1, D, 64, 64) volumes, chunk {CHUNK}, ct-phantom64 axial; "
+                                f"each (mode, D) in its own process, 1 torch thread. peak_rss_beyond_base_mib: RSS high-water "
+                                f"mark (Linux VmHWM, reset with /proc/self/clear_refs just before the first call) minus "
+                                f"the RSS then (model, volume, one-slice probe resident); over "
+                                f"{MEMORY_PROCESSES} processes per row: median, min, max; within a process over "
+                                f"{MEMORY_REPEATS} calls. tensor_peak_mib: peak bytes of the torch storages one more "
+                                f"call allocates (a TorchDispatchMode counter, independent of malloc). wall_s / cpu_s: median of {MEMORY_REPEATS} calls (cpu_s = "
+                                f"process CPU time, less sensitive to other jobs on the machine; median over the processes). "
+                                f"Load average at the start: {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f}; when "
+                                f"done: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min) on "
+                                f"{os.cpu_count()} cores.")
+    memory_figure(rows)
+
+
+def memory_figure(rows) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.6), dpi=110)
+    ax_m, ax_t = fig.subplots(1, 2)
+    for mode in MEMORY_MODES:
+        r = sorted((row for row in rows if row["mode"] == mode), key=lambda row: row["slices"])
+        d = [row["slices"] for row in r]
+        line = ax_m.errorbar(d, [row["peak_rss_beyond_base_mib"] for row in r], fmt="o-", label=f"{mode} (RSS)",
+                             yerr=[[row["peak_rss_beyond_base_mib"] - row["peak_rss_min_mib"] for row in r],
+                                   [row["peak_rss_max_mib"] - row["peak_rss_beyond_base_mib"] for row in r]], capsize=3)
+        ax_m.plot(d, [row["tensor_peak_mib"] for row in r], "x--", color=line[0].get_color(), label=f"{mode} (tensors)")
+        ax_t.plot(d, [row["cpu_s"] for row in r], "o-", label=mode)
+    ax_m.set(xlabel="slices D (64x64 each)", ylabel="peak beyond base (MiB)", title=f"memory, chunk {CHUNK}",
+             xticks=list(MEMORY_DEPTHS))
+    ax_m.set_ylim(bottom=0)
+    ax_t.set(xlabel="slices D (64x64 each)", ylabel="CPU seconds per call (1 thread)", title="time",
+             xticks=list(MEMORY_DEPTHS))
+    ax_t.set_ylim(bottom=0)
+    ax_m.legend(fontsize=6)
+    fig.suptitle("benchmarks/volume/run.py --memory", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(HERE / "memory.png")
 
 
 def write(rows, args, stem: str, what: str) -> None:
@@ -235,11 +346,12 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true")
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--memory-point", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-mode", choices=MEMORY_MODES, default="denoise", help=argparse.SUPPRESS)
     parser.add_argument("--methods", nargs="*", default=None, help="first words of METHODS names to run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.memory_point is not None:
-        print(json.dumps(memory_point(args.memory_point)))
+        print(json.dumps(memory_point(args.memory_point, args.memory_mode)))
     elif args.tune:
         tune(args)
     elif args.memory:
