@@ -122,7 +122,8 @@ def _reconstruct(args) -> int:
     flags = {"input": args.input, "out": args.out, "simulate": args.simulate, "operator": args.operator,
              "sigma_y": args.sigma_y, "prior": args.prior, "prior_format": args.format, "sampler": args.sampler,
              "preset": args.preset, "samples": args.samples, "steps": args.steps, "seed": args.seed,
-             "device": args.device, "threads": args.threads, "window": tuple(args.window) if args.window else None}
+             "device": args.device, "threads": args.threads, "window": tuple(args.window) if args.window else None,
+             "slice": args.slice}
     options.update({k: v for k, v in flags.items() if v is not None})
     for name in ("resize", "save_samples", "force"):
         if getattr(args, name):
@@ -316,16 +317,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_evaluate)
     r = sub.add_parser("reconstruct", help="posterior sampling on your own file: a measurement (--operator) or a clean "
                        "image or volume to simulate from (--simulate); writes mean, std, a figure and record.json")
-    r.add_argument("input", nargs="?", default=None, help="PNG, NPY, NIfTI, DICOM file or series folder")
+    r.add_argument("input", nargs="?", default=None, help="PNG, NPY, NIfTI, DICOM file or series folder, or a fastMRI "
+                   "HDF5 file (measured k-space: no --simulate/--operator)")
     mode = r.add_mutually_exclusive_group()
     mode.add_argument("--simulate", metavar="OPERATOR", help="INPUT is a clean image: measure it with this operator "
                       "or preset (invsolve list operators), reconstruct and score against it")
     mode.add_argument("--operator", metavar="NAME", help="INPUT is the measurement of this operator or preset")
     r.add_argument("--set", type=key_value, action="append", metavar="KEY=VALUE",
-                   help="an operator parameter (e.g. views=8), or sampler.KEY=VALUE for a sampler hyperparameter")
+                   help="an operator parameter (e.g. views=8; fastMRI input: mask_type=, acceleration=, center_fraction=), "
+                        "or sampler.KEY=VALUE for a sampler hyperparameter")
     r.add_argument("--sigma-y", type=bounded(float, 0), default=None,
-                   help="noise std of the measurement in its units (required with --operator; --simulate default 0.05)")
-    r.add_argument("--prior", default=None, help="shipped prior name, prior folder or checkpoint file (default: ct-phantom64)")
+                   help="noise std of the measurement in its units (required with --operator; --simulate default 0.05; "
+                        "fastMRI default 0.01 of the scaled k-space, as the fastMRI benchmark)")
+    r.add_argument("--prior", default=None, help="shipped prior name, prior folder or checkpoint file (default: ct-phantom64; "
+                   "mri-brain64 for fastMRI input)")
+    r.add_argument("--slice", type=int, default=None, help="the slice of a fastMRI file (default: the middle one)")
     r.add_argument("--format", default=None, help="checkpoint format of --prior (default: detected)")
     r.add_argument("--sampler", default=None, help="sampler (invsolve list samplers; default: dps)")
     r.add_argument("--preset", default=None, help="the sampler's preset (e.g. ct-sparse8)")

@@ -6,7 +6,13 @@ Two modes:
   to the prior's physical range, measured with the operator ``PRESET`` (``operators.make``) plus
   Gaussian noise of std ``sigma_y`` (seeded), reconstructed, and scored against itself;
 - ``operator=NAME``: ``input`` is the measurement ``y`` itself (a sinogram, a blurred or
-  down-sampled image, ...) in the units of the operator's output, with noise std ``sigma_y``.
+  down-sampled image, ...) in the units of the operator's output, with noise std ``sigma_y``;
+- a fastMRI HDF5 file (``.h5``/``.hdf5`` or HDF5 content; no ``simulate``/``operator``): one slice
+  (``slice``, default the middle one) of measured k-space, under the file's ``mask`` (else the
+  columns its k-space samples) or a fastMRI mask (``operator_params`` ``mask_type``,
+  ``acceleration``, ``center_fraction``), made into a problem by ``invsolve.fastmri.problems``
+  exactly as the fastMRI benchmark does; prior default ``mri-brain64``; scored with
+  ``invsolve.fastmri.metrics`` against the file's target when it has one.
 
 Volumes are reconstructed as a batch of 2D slices along their last stored axis (NIfTI's z, a DICOM
 series' slice axis) with a 2D prior. Sizes must match the prior's, or pass ``resize=True`` to
@@ -36,7 +42,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from matplotlib.figure import Figure
-from skimage.io import imread
+from skimage.io import imread, imsave
 
 import operators as ops
 from operators.errors import ConfigError, DataError, UnknownOptionError, closest_first
@@ -51,6 +57,21 @@ from .problem import Problem, fit_physics
 from .samplers import names as sampler_names, sample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+DEFAULT_PRIOR = "ct-phantom64"
+FASTMRI_PRIOR = "mri-brain64"
+FASTMRI_PARAMS = ("mask_type", "acceleration", "center_fraction")
+"""The ``--set`` keys of fastMRI input: a fastMRI mask (``invsolve.fastmri.masks.volume_mask``)."""
+
+
+def is_fastmri(path) -> bool:
+    """``path`` is a fastMRI input: an ``.h5``/``.hdf5`` name, or an HDF5 file by its content."""
+    path = Path(path)
+    if path.name.lower().endswith((".h5", ".hdf5")):
+        return True
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
 @dataclasses.dataclass
@@ -61,7 +82,7 @@ class ReconstructConfig:
     operator: str | None = None
     operator_params: dict = dataclasses.field(default_factory=dict)
     sigma_y: float | None = None
-    prior: str = "ct-phantom64"
+    prior: str | None = None  # ct-phantom64; mri-brain64 for fastMRI input
     prior_format: str = "auto"
     sampler: str = "dps"
     preset: str | None = None
@@ -76,9 +97,27 @@ class ReconstructConfig:
     save_samples: bool = False
     check_fit: bool = True
     force: bool = False
+    slice: int | None = None
 
     def validate(self) -> None:
-        if (self.simulate is None) == (self.operator is None):
+        fastmri = is_fastmri(self.input)
+        if fastmri:
+            if self.simulate is not None or self.operator is not None:
+                raise ConfigError(f"{self.input} is a fastMRI file: measured k-space with its own coils and mask; "
+                                  "drop --simulate/--operator (choose a mask with --set acceleration=4)")
+            if self.resize or self.window is not None:
+                raise ConfigError("--resize and --window do not apply to fastMRI input: the prior's size must be the "
+                                  "k-space image or target size, and k-space is scaled as the fastMRI benchmark does")
+            for key in self.operator_params:
+                if key not in FASTMRI_PARAMS:
+                    raise ConfigError(f"--set {key}: fastMRI input takes {closest_first(key, FASTMRI_PARAMS)} (a fastMRI mask)")
+            if "acceleration" not in self.operator_params and set(self.operator_params) & {"mask_type", "center_fraction"}:
+                raise ConfigError("--set mask_type/center_fraction need --set acceleration=4 (or 8)")
+        elif self.slice is not None:
+            raise ConfigError(f"--slice selects a slice of a fastMRI (.h5) file; {self.input} is reconstructed whole")
+        if self.slice is not None and (isinstance(self.slice, bool) or not isinstance(self.slice, (int, np.integer))):
+            raise ConfigError(f"--slice must be an integer, got {self.slice!r}")
+        if not fastmri and (self.simulate is None) == (self.operator is None):
             raise ConfigError("give exactly one of --simulate PRESET (input is a clean image) or "
                               "--operator NAME (input is the measurement)")
         if self.operator is not None and self.sigma_y is None:
@@ -150,10 +189,14 @@ def read_array(path: str | Path) -> tuple[np.ndarray, dict]:
             array = np.load(path, allow_pickle=False)
             return np.asarray(array, dtype=np.float64), {"format": "npy"}
         if name.endswith(IMAGE_SUFFIXES):
-            array = np.asarray(imread(path), dtype=np.float64)
+            raw = imread(path)
+            array = np.asarray(raw, dtype=np.float64)
             if array.ndim == 3:  # colour: luminance, as a grayscale prior sees it
                 array = array[..., :3].mean(-1)
-            return array, {"format": "png" if name.endswith(".png") else "image"}
+            # the range a written PNG maps back to: the integer type's, else the image's own
+            value_range = [0.0, 1.0] if raw.dtype == bool else [0.0, float(np.iinfo(raw.dtype).max)] \
+                if np.issubdtype(raw.dtype, np.integer) else [float(array.min()), float(array.max())]
+            return array, {"format": "png" if name.endswith(".png") else "image", "range": value_range}
     except DataError:
         raise
     except Exception as err:  # a corrupt or truncated file: name it, say what was expected
@@ -246,6 +289,73 @@ def _classical(physics, y) -> torch.Tensor:
     return est.real.clamp(0, 1) if est.is_complex() else est.clamp(0, 1)
 
 
+def _read_fastmri(config: ReconstructConfig):
+    """The selected slice of a fastMRI file (``reader.read_volume``), its target key and ``meta``;
+    ``config.slice`` is resolved (default: the middle slice) and range-checked."""
+    import h5py
+
+    from .fastmri.reader import TARGET_KEYS, checked_dataset, read_volume
+
+    path = Path(config.input)
+    if not path.is_file():
+        raise DataError(f"input file {path} does not exist")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise DataError(f"{path} is not an HDF5 file ({err}); fastMRI files are HDF5 (.h5)") from err
+    with handle as f:
+        kspace = checked_dataset(f, "kspace", path)
+        num_slices = int(kspace.shape[0]) if kspace is not None and kspace.ndim in (3, 4) else None
+        challenge = "multicoil" if kspace is not None and kspace.ndim == 4 else "singlecoil"
+        keys = set(f.keys())
+    if num_slices is None:
+        read_volume(path, slices="middle")  # raises the reader's error: what a fastMRI file holds
+    if config.slice is None:
+        config.slice = num_slices // 2
+    elif not 0 <= int(config.slice) < num_slices:
+        raise ConfigError(f"--slice {config.slice} is out of range: {path.name} has {num_slices} slices (0 to {num_slices - 1})")
+    config.slice = int(config.slice)
+    preferred = TARGET_KEYS[challenge]
+    others = [k for k in TARGET_KEYS.values() if k != preferred]
+    target_key = next((k for k in [preferred, *others] if k in keys), None)
+    volume = read_volume(path, slices=[config.slice], target_key=target_key)
+    meta = {"format": "fastmri", "affine": np.eye(4).tolist(), "challenge": volume.challenge, "coils": volume.num_coils,
+            "slices": num_slices, "slice": config.slice, "kspace_shape": list(volume.kspace.shape[1:]),
+            "target": volume.target_key}
+    return volume, meta
+
+
+def _fastmri_problem(volume, prior, config: ReconstructConfig, record: dict):
+    """The fastMRI benchmark's problem for the slice (``problems.build_parts``, the runner's code):
+    the mask (the file's; else its sampled columns; or ``--set acceleration=``), coil maps, scale."""
+    from .fastmri.masks import sampled_columns, volume_mask
+    from .fastmri.problems import build_parts
+    from .fastmri.runner import BenchConfig
+
+    params = config.operator_params
+    if "acceleration" in params or volume.mask is not None:
+        mask_type = params.get("mask_type", BenchConfig.mask)
+        mask = volume_mask(volume, mask_type, params.get("acceleration"), params.get("center_fraction"))
+        source = "file" if volume.mask is not None else \
+            f"fastMRI {mask_type} {float(params['acceleration']):g}x (seeded by the file name)"
+    else:
+        mask, source = sampled_columns(volume.kspace), "the sampled (non-zero) k-space columns"
+    mask = torch.from_numpy(np.asarray(mask, dtype=np.float32))
+    if not mask.sum() > 0:
+        raise DataError(f"{volume.path}: slice {config.slice} has no sampled k-space column")
+    parts = build_parts(volume, mask, tuple(prior.shape), device=config.device)
+    sigma_y = float(BenchConfig.sigma_y) if config.sigma_y is None else float(config.sigma_y)
+    record["physics"] = {"operator": type(parts.physics).__name__, "mri": "SenseMRI" if parts.physics.coil_maps is not None
+                         else "SingleCoilMRI", "coil_maps": "centre-band low-resolution maps", "grid": list(parts.grid),
+                         "target_size": list(parts.target_size), "scale": parts.scale,
+                         "measurement_shape": list(parts.y.shape[1:])}
+    record["mask"] = {"source": source, "sampled_columns": int((mask > 0).sum()), "columns": int(mask.numel()),
+                      "acceleration": round(float(mask.numel() / (mask > 0).sum()), 4)}
+    record["sigma_y_source"] = "--sigma-y" if config.sigma_y is not None else \
+        "the fastMRI benchmark's default (scaled k-space: zero-filled p99.5 = 1)"
+    return parts, sigma_y
+
+
 def reconstruct(input: str, progress: Callable[[dict], None] | None = None, log: Callable[[str], None] | None = None,
                 **options) -> tuple:
     """Reconstruct ``input`` (see the module docstring); returns ``(posterior, record)``.
@@ -274,18 +384,36 @@ def reconstruct(input: str, progress: Callable[[dict], None] | None = None, log:
 
 def _run(config: ReconstructConfig, progress, log):
     start = time.perf_counter()
-    array, meta = read_array(config.input)
+    fastmri = is_fastmri(config.input)
+    prior_note = None
+    if config.prior is None:
+        config.prior = FASTMRI_PRIOR if fastmri else DEFAULT_PRIOR
+        if fastmri:
+            prior_note = f"no --prior: {FASTMRI_PRIOR}, the default for fastMRI input"
+    if fastmri:
+        volume, meta = _read_fastmri(config)
+        array = volume.kspace
+    else:
+        array, meta = read_array(config.input)
     if not np.isfinite(array).all():
         raise DataError(f"input file {config.input} contains NaN or Inf values")
     prior = load_prior(config.prior, format=config.prior_format) if config.prior_format != "auto" else load_prior(config.prior)
     prior = prior.to(config.device) if hasattr(prior, "to") else prior
-    if prior.shape[0] != 1:
+    if prior.shape[0] != 1 and not fastmri:
         raise ConfigError(f"prior {prior.card.name!r} has {prior.shape[0]} channels; reconstruct takes 1-channel image priors")
     record = {"invsolve": version("invsolve"), "torch": torch.__version__, "machine": platform.machine(),
               "threads": torch.get_num_threads(), "config": dataclasses.asdict(config), "input": dict(meta)}
     record["input"]["shape"] = list(array.shape)
+    if prior_note:
+        record["prior_default"] = prior_note
+        log(prior_note)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    if config.simulate is not None:
+    if fastmri:
+        parts, sigma_y = _fastmri_problem(volume, prior, config, record)
+        physics, y, truth, window, size = parts.physics, parts.y, None, None, tuple(parts.target_size)
+        with torch.no_grad():
+            check_on = physics.A_adjoint(y).clamp(0, 1)  # zero-filled (coil-combined) estimate
+    elif config.simulate is not None:
         unit, window = _to_unit(array, config.window)
         truth, size = _as_slices(unit, prior.shape, config.resize, f"input {config.input}")
         physics = _physics_for(prior, _make_operator(config.simulate, config.operator_params, tuple(prior.shape[-2:])),
@@ -323,8 +451,10 @@ def _run(config: ReconstructConfig, progress, log):
     generators = [torch.Generator(device=config.device).manual_seed(config.seed * 1000 + j) for j in range(config.samples)]
     post = sample(config.sampler, prior, problem, n_samples=config.samples, generator=generators,
                   preset=config.preset, callback=progress, **overrides)
-    mean, std = post.mean.float(), post.std.float()
     record.update(nfe=post.nfe, sampler_seconds=round(post.seconds, 3), sampler_config=post.config)
+    if fastmri:
+        return post, record, _fastmri_outputs(post, parts, volume, config, record, start)
+    mean, std = post.mean.float(), post.std.float()
     if truth is not None:
         record["metrics"] = {"psnr_mean": round(psnr(truth, mean.clamp(0, 1), data_range=1.0), 3),
                              "ssim_mean": round(ssim(truth, mean.clamp(0, 1), data_range=1.0), 4),
@@ -350,19 +480,49 @@ def _run(config: ReconstructConfig, progress, log):
     return post, record, arrays
 
 
+def _fastmri_outputs(post, parts, volume, config: ReconstructConfig, record: dict, start: float) -> dict:
+    """Magnitude mean / std / draws in the file's units (``problems.posterior_images``, as the
+    runner scores them) and fastMRI's metrics against the file's target when it has one."""
+    from .fastmri import metrics as fastmri_metrics
+    from .fastmri import baselines as fastmri_baselines
+    from .fastmri.problems import posterior_images
+
+    mean, std, per_draw = posterior_images(parts, post.samples.detach().cpu().double())
+    truth = None
+    if volume.target is not None:
+        target = np.asarray(volume.target, dtype=np.float64)
+        scores = fastmri_metrics.volume_metrics(target, mean.numpy())
+        baseline = np.asarray(fastmri_baselines.reconstruct("zero-filled", volume, parts.mask.numpy()), dtype=np.float64)
+        record["metrics"] = {"target": volume.target_key,
+                             **{k: round(float(scores[k]), 4) for k in fastmri_metrics.METRICS},
+                             "psnr_zero_filled": round(float(fastmri_metrics.volume_metrics(target, baseline)["psnr"]), 3)}
+        truth = torch.from_numpy(target / parts.scale).float()
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    return {"mean": mean[0].numpy(), "std": std[0].numpy(),
+            "samples": [d[0].numpy() for d in per_draw] if config.save_samples else None,
+            "truth_unit": truth, "mean_unit": (mean / parts.scale).float(), "std_unit": (std / parts.scale).float(),
+            "meta": record["input"]}
+
+
 def _write(folder: Path, config: ReconstructConfig, record: dict, arrays: dict) -> None:
-    """mean / std (and samples) in the input's format, a PNG figure and record.json."""
+    """mean / std (and samples) in the input's format (NPY for images, plus an 8-bit ``mean.png`` for
+    PNG input; NIfTI for NIfTI, DICOM and fastMRI input), a PNG figure and record.json."""
     meta = arrays["meta"]
     written = []
 
     def save(name, array):
-        if meta["format"] in ("nifti", "dicom"):
+        if meta["format"] in ("nifti", "dicom", "fastmri"):
             written.append(save_nifti(array, folder / f"{name}.nii.gz", affine=np.asarray(meta["affine"])).name)
         else:
             written.append(save_npy(array, folder / f"{name}.npy").name)
 
     save("mean", arrays["mean"])
     save("std", arrays["std"])
+    if meta["format"] == "png":  # PNG in, PNG out: 8-bit, the input's range, clipped (the NPY keeps full precision)
+        lo, hi = meta["range"]
+        scaled = np.clip(np.round((np.asarray(arrays["mean"], dtype=np.float64) - lo) / ((hi - lo) or 1.0) * 255), 0, 255)
+        imsave(folder / "mean.png", scaled.astype(np.uint8), check_contrast=False)
+        written.append("mean.png")
     for j, s in enumerate(arrays["samples"] or []):
         save(f"sample{j}", s)
     columns = {"posterior mean": arrays["mean_unit"]}

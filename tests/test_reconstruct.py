@@ -146,3 +146,64 @@ def test_bad_inputs_are_one_line_exit_2_and_lose_nothing(case, tmp_path, phantom
     assert len(lines) == 1 and lines[0].startswith("invsolve: error:") and expected in lines[0], err
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, nothing lost
     assert (tmp_path / "file.txt").read_text() == "keep me" and (tmp_path / "mine" / "precious.txt").exists()
+
+
+# ---- fastMRI files and PNG output ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fastmri_file(tmp_path_factory):
+    from invsolve.fastmri.synth import synthesize
+
+    made = synthesize(tmp_path_factory.mktemp("fastmri"), n_train=0, n_val=1, coils=2, size=64, slices=2, seed=0)
+    return made.splits["val"][0]
+
+
+def test_fastmri_file_reconstructs_scores_and_reproduces(tmp_path, fastmri_file, capsys, single_thread):
+    out = tmp_path / "fm"
+    code, _, err = run(capsys, "reconstruct", fastmri_file, "--set", "acceleration=4", "--out", out, *FAST)
+    assert code == 0, err
+    assert {"mean.nii.gz", "std.nii.gz", "reconstruction.png", "record.json"} <= {p.name for p in out.iterdir()}
+    mean = nib.load(out / "mean.nii.gz")
+    assert mean.shape == (64, 64) and np.array_equal(mean.affine, np.eye(4))
+    record = json.loads((out / "record.json").read_text())
+    config = record["config"]
+    assert config["prior"] == "mri-brain64" and "mri-brain64" in record["prior_default"]
+    assert config["slice"] == 1 and record["input"]["slices"] == 2 and record["sigma_y"] == 0.01
+    assert record["mask"]["source"].startswith("fastMRI equispaced_fraction 4x") and record["physics"]["mri"] == "SenseMRI"
+    assert record["metrics"]["target"] == "reconstruction_rss" and np.isfinite(record["metrics"]["psnr"])
+    again = tmp_path / "again"
+    code, _, err = run(capsys, "reconstruct", "--config", out / "record.json", "--out", again, "--quiet")
+    assert code == 0, err
+    for name in ("mean.nii.gz", "std.nii.gz"):
+        assert np.array_equal(nib.load(out / name).get_fdata(), nib.load(again / name).get_fdata())
+    # no mask given: the file's sampled columns (fully sampled here), slice 0
+    code, _, err = run(capsys, "reconstruct", fastmri_file, "--slice", "0", "--out", tmp_path / "full", "--no-fit-check",
+                       "--steps", "1", "--samples", "1", "--quiet")
+    assert code == 0, err
+    record = json.loads((tmp_path / "full" / "record.json").read_text())
+    assert record["mask"]["acceleration"] == 1 and record["config"]["slice"] == 0
+
+
+@pytest.mark.parametrize("argv, expected", [(["--slice", "99"], "--slice 99 is out of range"),
+                                            (["--operator", "mri-4x-equispaced"], "drop --simulate/--operator"),
+                                            (["--set", "accel=4"], "--set accel: fastMRI input takes acceleration")])
+def test_fastmri_errors_are_one_line_exit_2(tmp_path, fastmri_file, capsys, argv, expected):
+    code, _, err = run(capsys, "reconstruct", fastmri_file, *argv, "--out", tmp_path / "x", *FAST)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and expected in lines[0], err
+    assert "2 slices" in lines[0] or "--slice" not in argv
+    assert not (tmp_path / "x").exists()
+
+
+def test_png_input_writes_an_8bit_png_mean(tmp_path, capsys, single_thread):
+    from skimage.io import imread, imsave
+
+    png = tmp_path / "phantom.png"
+    imsave(png, (heldout_phantoms(1)[0, 0].numpy() * 255).astype(np.uint8), check_contrast=False)
+    out = tmp_path / "p"
+    code, _, err = run(capsys, "reconstruct", png, "--simulate", "inpaint-random70", "--out", out, "--no-fit-check", *FAST)
+    assert code == 0, err
+    image, mean = imread(out / "mean.png"), np.load(out / "mean.npy")
+    assert image.dtype == np.uint8 and image.shape == (64, 64) and (out / "std.npy").exists()
+    assert np.array_equal(image, np.clip(np.round(mean), 0, 255).astype(np.uint8))  # 8-bit input: its 0..255 range

@@ -89,3 +89,10 @@ def acs_band(mask) -> tuple[int, int]:
     while right < columns.size and columns[right]:
         right += 1
     return left, right
+
+
+def sampled_columns(kspace) -> np.ndarray:
+    """(W,) float32 mask of the k-space columns holding any non-zero sample (over slices, coils and
+    rows): the mask of an undersampled file that does not store one."""
+    data = np.asarray(kspace)
+    return (np.abs(data).reshape(-1, data.shape[-1]).max(0) > 0).astype(np.float32)

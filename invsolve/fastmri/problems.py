@@ -151,6 +151,20 @@ def build_parts(volume, mask: torch.Tensor, prior_shape: tuple[int, ...], device
     return MRIProblemParts(physics, y.contiguous().to(device), scale, mask, crop, grid)
 
 
+def posterior_images(parts: MRIProblemParts, draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean, std, per_draw)`` magnitude images in the file's units from posterior draws
+    (n, S, C, h, w) of the problem ``parts`` (physical, scaled): the magnitude of the posterior
+    mean and of each draw, centre-cropped to the target size, multiplied back by ``parts.scale``;
+    ``std`` is the per-pixel std of the draws' magnitudes (zero for one draw). Shapes (S, h, w),
+    (S, h, w), (n, S, h, w). What the fastMRI runner scores and ``invsolve reconstruct`` writes."""
+    mean = magnitude(draws.mean(0))
+    per_draw = magnitude(draws)
+    if parts.grid != parts.target_size:
+        mean, per_draw = center_crop(mean, parts.target_size), center_crop(per_draw, parts.target_size)
+    std = per_draw.std(0) if draws.shape[0] > 1 else torch.zeros_like(mean)
+    return mean * parts.scale, std * parts.scale, per_draw * parts.scale
+
+
 def magnitude(x: torch.Tensor) -> torch.Tensor:
     """|x| of (..., C, H, W) physical images (C = 1 real, C = 2 complex) -> (..., H, W)."""
     return x[..., 0, :, :].abs() if x.shape[-3] == 1 else x.square().sum(-3).sqrt()

@@ -41,8 +41,6 @@ import scipy
 import torch
 from tqdm.auto import tqdm
 
-from operators.mri import center_crop
-
 from .. import __version__, samplers
 from ..errors import ConfigError, DataError
 from ..priors import loaders
@@ -52,7 +50,7 @@ from .db import ResultStore, new_owner
 from .db import task_key as db_task_key
 from .executors import LocalExecutor
 from .masks import volume_mask
-from .problems import SCALE_PERCENTILE, build_parts, magnitude
+from .problems import SCALE_PERCENTILE, build_parts, posterior_images
 from .reader import list_volumes, read_volume
 
 RUNNER_VERSION = 1
@@ -302,14 +300,9 @@ def _run_sampler(config: BenchConfig, task: Task, volume, mask: torch.Tensor) ->
                            preset=preset, **overrides)
     seconds = time.perf_counter() - start
     draws = post.samples.detach().cpu().double()          # (n, S, C, h, w) physical, scaled
-    mean = magnitude(draws.mean(0))                       # (S, h, w): magnitude of the posterior mean
-    per_draw = magnitude(draws)                           # (n, S, h, w)
-    if parts.grid != parts.target_size:
-        mean, per_draw = center_crop(mean, parts.target_size), center_crop(per_draw, parts.target_size)
-    std = per_draw.std(0) if config.samples > 1 else torch.zeros_like(mean)
-    return {"recon": (mean * parts.scale).numpy(), "std": (std * parts.scale).numpy(),
-            "samples": (per_draw * parts.scale).numpy(), "nfe": int(post.nfe), "draws": config.samples,
-            "seconds": seconds}
+    mean, std, per_draw = posterior_images(parts, draws)  # magnitudes (S, h, w), (S, h, w), (n, S, h, w), file units
+    return {"recon": mean.numpy(), "std": std.numpy(), "samples": per_draw.numpy(), "nfe": int(post.nfe),
+            "draws": config.samples, "seconds": seconds}
 
 
 def run_task(config: BenchConfig, task: Task) -> dict:
