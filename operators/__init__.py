@@ -46,6 +46,7 @@ def names() -> list[str]:
 
 
 def describe(name: str) -> str:
+    """The one-line description of operator or preset ``name`` (what ``invsolve list operators`` prints)."""
     _load_entry_points()
     return _DOCS.get(name, "")
 

@@ -100,3 +100,41 @@ def test_docs_snippet_runs(page, index, kind, code, line, tmp_path, request):
         expected = comment[2:].rstrip().removesuffix("(...)").rstrip()
         assert any(out.startswith(expected) for out in printed), \
             f"{page.relative_to(DOCS.parent)}:{line} quotes {expected!r}; the code prints:\n{run.stdout}"
+
+
+def _public_api():
+    """(qualified name, name, object) of every public function and class the docs must cover."""
+    import importlib
+    import inspect
+
+    def functions(module):
+        return [(n, o) for n, o in vars(module).items()
+                if not n.startswith("_") and inspect.isfunction(o) and o.__module__ == module.__name__]
+
+    api = []
+    for name in ("invsolve", "invsolve.samplers", "invsolve.priors"):
+        module = importlib.import_module(name)
+        api += [(f"{name}.{n}", n, getattr(module, n)) for n in module.__all__]
+    operators = importlib.import_module("operators")
+    api += [(f"operators.{n}", n, getattr(operators, n)) for n in ("make", "names", "register", "describe")]
+    for name in ("operators.testing", "operators.linalg", "invsolve.baselines", "invsolve.metrics"):
+        api += [(f"{name}.{n}", n, o) for n, o in functions(importlib.import_module(name))]
+    api += [("invsolve.reconstruct.reconstruct", "reconstruct", importlib.import_module("invsolve.reconstruct").reconstruct),
+            ("invsolve.fit.prior_fit", "prior_fit", importlib.import_module("invsolve.fit").prior_fit)]
+    return api
+
+
+def test_every_public_function_has_a_docstring_and_is_in_the_docs():
+    import types
+
+    text = "\n".join(p.read_text() for p in [*DOCS.rglob("*.md"), DOCS.parent / "README.md"])
+    api = _public_api()
+    assert len(api) > 40
+    undocumented, unmentioned = [], []
+    for qualified, name, obj in api:
+        if isinstance(obj, (types.FunctionType, type, types.ModuleType)) and not (obj.__doc__ or "").strip():
+            undocumented.append(qualified)
+        if not re.search(rf"[`.]{re.escape(name)}\b|\b{re.escape(name)}\(", text):  # `name`, x.name or name(
+            unmentioned.append(qualified)
+    assert not undocumented, f"public functions without a docstring: {undocumented}"
+    assert not unmentioned, f"public names not mentioned in docs/ or README.md: {unmentioned}"

@@ -63,10 +63,12 @@ def register(name: str):
 
 
 def names() -> list[str]:
+    """Names of every registered sampler, sorted."""
     return sorted(_SAMPLERS)
 
 
 def get(name: str) -> type:
+    """The sampler class registered as ``name``; an ``UnknownNameError`` lists the names, closest first."""
     if name not in _SAMPLERS:
         raise UnknownNameError(f"unknown sampler {name!r}; available: {closest_first(str(name), names())}")
     return _SAMPLERS[name]
