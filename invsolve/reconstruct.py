@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
 import shutil
-import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,10 +47,15 @@ from skimage.io import imread, imsave
 import operators as ops
 from operators.errors import ConfigError, DataError, UnknownOptionError, closest_first
 
-from importlib.metadata import version
 from .baselines import fbp, least_squares
+from .fastmri import baselines as fastmri_baselines
+from .fastmri import metrics as fastmri_metrics
+from .fastmri.masks import sampled_columns, volume_mask
+from .fastmri.problems import build_parts, posterior_images
+from .fastmri.reader import TARGET_KEYS, checked_dataset, read_volume
+from .fastmri.runner import SAMPLER_DEFAULTS, BenchConfig
 from .fit import prior_fit
-from .io import MARKER, finish_output, load_nifti, prepare_output, save_figure, save_nifti, save_npy
+from .io import finish_output, load_nifti, prepare_output, save_figure, save_nifti, save_npy
 from .metrics import psnr, ssim
 from .priors import load_prior
 from .problem import Problem, fit_physics
@@ -292,10 +297,6 @@ def _classical(physics, y) -> torch.Tensor:
 def _read_fastmri(config: ReconstructConfig):
     """The selected slice of a fastMRI file (``reader.read_volume``), its target key and ``meta``;
     ``config.slice`` is resolved (default: the middle slice) and range-checked."""
-    import h5py
-
-    from .fastmri.reader import TARGET_KEYS, checked_dataset, read_volume
-
     path = Path(config.input)
     if not path.is_file():
         raise DataError(f"input file {path} does not exist")
@@ -328,9 +329,6 @@ def _read_fastmri(config: ReconstructConfig):
 def _fastmri_problem(volume, prior, config: ReconstructConfig, record: dict):
     """The fastMRI benchmark's problem for the slice (``problems.build_parts``, the runner's code):
     the mask (the file's; else its sampled columns; or ``--set acceleration=``), coil maps, scale."""
-    from .fastmri.masks import sampled_columns, volume_mask
-    from .fastmri.problems import build_parts
-    from .fastmri.runner import BenchConfig
 
     params = config.operator_params
     if "acceleration" in params or volume.mask is not None:
@@ -446,6 +444,9 @@ def _run(config: ReconstructConfig, progress, log):
         log(fit["message"])
     problem = Problem(physics, y, sigma_y=sigma_y, prior=prior)
     overrides = dict(config.sampler_params)
+    if fastmri and config.preset is None:  # the benchmark's settings for SENSE MRI (fastmri/runner.py)
+        overrides = {**SAMPLER_DEFAULTS.get(config.sampler, {}), **overrides}
+        record["sampler_defaults"] = "invsolve.fastmri.runner.SAMPLER_DEFAULTS"
     if config.steps is not None:
         overrides["steps"] = int(config.steps)
     generators = [torch.Generator(device=config.device).manual_seed(config.seed * 1000 + j) for j in range(config.samples)]
@@ -483,9 +484,6 @@ def _run(config: ReconstructConfig, progress, log):
 def _fastmri_outputs(post, parts, volume, config: ReconstructConfig, record: dict, start: float) -> dict:
     """Magnitude mean / std / draws in the file's units (``problems.posterior_images``, as the
     runner scores them) and fastMRI's metrics against the file's target when it has one."""
-    from .fastmri import metrics as fastmri_metrics
-    from .fastmri import baselines as fastmri_baselines
-    from .fastmri.problems import posterior_images
 
     mean, std, per_draw = posterior_images(parts, post.samples.detach().cpu().double())
     truth = None

@@ -38,10 +38,11 @@ import deepinv
 import h5py
 import numpy as np
 import scipy
+from importlib.metadata import version
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__, samplers
+from .. import samplers
 from ..errors import ConfigError, DataError
 from ..priors import loaders
 from ..problem import Problem
@@ -214,7 +215,7 @@ def config_hash(resolved: dict) -> str:
 
 
 def software_versions() -> dict:
-    versions = {"invsolve": __version__, "python": platform.python_version(), "torch": torch.__version__,
+    versions = {"invsolve": version("invsolve"), "python": platform.python_version(), "torch": torch.__version__,
                 "numpy": np.__version__, "scipy": scipy.__version__, "deepinv": deepinv.__version__,
                 "h5py": h5py.__version__}
     try:
