@@ -36,7 +36,6 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -52,7 +51,7 @@ from .fastmri import baselines as fastmri_baselines
 from .fastmri import metrics as fastmri_metrics
 from .fastmri.masks import sampled_columns, volume_mask
 from .fastmri.problems import build_parts, posterior_images
-from .fastmri.reader import TARGET_KEYS, checked_dataset, read_volume
+from .fastmri.reader import read_volume
 from .fastmri.runner import SAMPLER_DEFAULTS, BenchConfig
 from .fit import prior_fit
 from .io import finish_output, load_nifti, prepare_output, save_figure, save_nifti, save_npy
@@ -295,33 +294,16 @@ def _classical(physics, y) -> torch.Tensor:
 
 
 def _read_fastmri(config: ReconstructConfig):
-    """The selected slice of a fastMRI file (``reader.read_volume``), its target key and ``meta``;
-    ``config.slice`` is resolved (default: the middle slice) and range-checked."""
+    """The selected slice of a fastMRI file (``reader.read_volume``, its default target) and ``meta``;
+    ``config.slice`` is resolved (default: the middle slice) and range-checked by the reader."""
     path = Path(config.input)
-    if not path.is_file():
-        raise DataError(f"input file {path} does not exist")
     try:
-        handle = h5py.File(path, "r")
-    except OSError as err:
-        raise DataError(f"{path} is not an HDF5 file ({err}); fastMRI files are HDF5 (.h5)") from err
-    with handle as f:
-        kspace = checked_dataset(f, "kspace", path)
-        num_slices = int(kspace.shape[0]) if kspace is not None and kspace.ndim in (3, 4) else None
-        challenge = "multicoil" if kspace is not None and kspace.ndim == 4 else "singlecoil"
-        keys = set(f.keys())
-    if num_slices is None:
-        read_volume(path, slices="middle")  # raises the reader's error: what a fastMRI file holds
-    if config.slice is None:
-        config.slice = num_slices // 2
-    elif not 0 <= int(config.slice) < num_slices:
-        raise ConfigError(f"--slice {config.slice} is out of range: {path.name} has {num_slices} slices (0 to {num_slices - 1})")
-    config.slice = int(config.slice)
-    preferred = TARGET_KEYS[challenge]
-    others = [k for k in TARGET_KEYS.values() if k != preferred]
-    target_key = next((k for k in [preferred, *others] if k in keys), None)
-    volume = read_volume(path, slices=[config.slice], target_key=target_key)
+        volume = read_volume(path, slices="middle" if config.slice is None else [int(config.slice)])
+    except ConfigError as err:  # reader.select_slices: an index outside the volume
+        raise ConfigError(f"--slice {config.slice} is out of range for {path.name}: {err}") from err
+    config.slice = int(volume.slice_indices[0])
     meta = {"format": "fastmri", "affine": np.eye(4).tolist(), "challenge": volume.challenge, "coils": volume.num_coils,
-            "slices": num_slices, "slice": config.slice, "kspace_shape": list(volume.kspace.shape[1:]),
+            "slices": volume.num_slices, "slice": config.slice, "kspace_shape": list(volume.kspace.shape[1:]),
             "target": volume.target_key}
     return volume, meta
 
