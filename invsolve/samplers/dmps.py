@@ -28,7 +28,7 @@ import math
 import torch
 
 from .base import register
-from .toolkit import LinearPart, ancestral_step, model_clip, randn, report, sigma_grid, step_noise
+from .toolkit import LinearPart, ancestral_step, denoise, model_clip, randn, report, sigma_grid, step_noise
 
 
 @register("dmps")
@@ -77,9 +77,7 @@ class DMPS:
         x = sigmas[0] * randn(x_shape, generator)
         for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
             with torch.no_grad():
-                denoised = prior(x, sigma)
-                if clip is not None:
-                    denoised = clip(denoised)
+                denoised = denoise(prior, x, sigma, clip)
                 x = ancestral_step(x, denoised, sigma, sigma_next, step_noise(x, generator, sigma_next))
                 f = math.sqrt((1 + sigma ** 2) / (1 + sigma_next ** 2)) if self.vp_scaling else 1.0
                 u = lin.solve_measurement(problem.residual(f * x), sigma ** 2, noise_var)

@@ -32,7 +32,7 @@ from deepinv.physics import LinearPhysics
 from operators.errors import ConfigError, PhysicsError
 
 from .base import register
-from .toolkit import model_clip, randn, report, shifted_times
+from .toolkit import denoise, model_clip, randn, report, shifted_times
 
 LOSSES = ("residual", "adjoint", "pinv")
 
@@ -133,9 +133,7 @@ class FlowDPS:
             sigma = t / (1 - t)
             x = z / (1 - t)
             with torch.no_grad():
-                x0_hat = prior(x, sigma)
-            if clip is not None:
-                x0_hat = clip(x0_hat)
+                x0_hat = denoise(prior, x, sigma, clip)
             eps_hat = (z - (1 - t) * x0_hat) / t
             x0y = data_consistency(problem, x0_hat, self.step_size, self.dc_iters, self.loss, clip)
             x0y = (1 - t) * x0_hat + t * x0y

@@ -40,8 +40,8 @@ import math
 import torch
 
 from .base import register
-from .toolkit import (StateShape, LinearPart, draw_one, ess, heaviest, model_clip, particle_noise, randn, report, resample_if, select,
-                      sigma_grid, to_groups)
+from .toolkit import (StateShape, LinearPart, denoise, draw_one, ess, heaviest, model_clip, particle_noise,
+                      randn, report, resample_if, select, sigma_grid, to_groups)
 
 
 def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -107,9 +107,7 @@ class FPS:
         for k in range(steps):
             sigma, sigma_next = sigmas[k], sigmas[k + 1]
             with torch.no_grad():
-                denoised = prior(x, sigma)
-                if clip is not None:
-                    denoised = clip(denoised)
+                denoised = denoise(prior, x, sigma, clip)
                 mu = denoised + sigma_next * keep * (x - denoised) / sigma
                 v = (self.eta * sigma_next) ** 2
                 if sigma_next > 0:

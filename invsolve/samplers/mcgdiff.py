@@ -42,8 +42,8 @@ import torch
 from operators.errors import PhysicsError
 
 from .base import register
-from .toolkit import (StateShape, LinearPart, draw_one, ess, heaviest, model_clip, particle_noise, report, resample_if, select,
-                      sigma_grid, to_groups)
+from .toolkit import (StateShape, LinearPart, denoise, draw_one, ess, heaviest, model_clip, particle_noise,
+                      report, resample_if, select, sigma_grid, to_groups)
 
 
 def _snap(sigmas: list[float], taus: list[float]) -> list[float]:
@@ -149,9 +149,7 @@ class MCGdiff:
         for k in range(steps):
             sigma, sigma_next = sigmas[k], sigmas[k + 1]
             with torch.no_grad():
-                denoised = prior(x, sigma)
-                if clip is not None:
-                    denoised = clip(denoised)
+                denoised = denoise(prior, x, sigma, clip)
                 c1 = self.eta * sigma_next * math.sqrt(max(0.0, 1 - (sigma_next / sigma) ** 2))
                 c2 = math.sqrt(max(0.0, sigma_next ** 2 - c1 ** 2))
                 mu, v = denoised + c2 * (x - denoised) / sigma, c1 ** 2

@@ -214,6 +214,12 @@ def residual_norm(problem, x0: torch.Tensor, norm: str = "l2") -> torch.Tensor:
     raise ConfigError(f"norm must be 'l2' or 'l2sq', got {norm!r}")
 
 
+def denoise(prior, x: torch.Tensor, sigma: float, clip=None) -> torch.Tensor:
+    """``x0_hat = D(x, sigma)``, clamped by ``clip`` (``model_clip``) when given."""
+    denoised = prior(x, sigma)
+    return denoised if clip is None else clip(denoised)
+
+
 def guided_denoise(prior, problem, x: torch.Tensor, sigma: float, norm: str = "l2", clip=None, loss=None):
     """``(x0_hat, grad_x loss(x0_hat))`` with ``x0_hat = D(x, sigma)``: the gradient through the
     denoiser shared by DPS-type samplers, per sample.
@@ -224,9 +230,7 @@ def guided_denoise(prior, problem, x: torch.Tensor, sigma: float, norm: str = "l
     """
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        denoised = prior(x, sigma)
-        if clip is not None:
-            denoised = clip(denoised)
+        denoised = denoise(prior, x, sigma, clip)
         value = residual_norm(problem, denoised, norm) if loss is None else loss(denoised)
         (grad,) = torch.autograd.grad(value, x)
     return denoised.detach(), grad
