@@ -52,10 +52,10 @@ SMALL = {
     "diffpir": (dict(steps=3), 3),
     "pigdm": (dict(steps=3), 3),
     "dmps": (dict(steps=3), 3),
-    # issue 15 SMC samplers: 2 particles per posterior sample (each call evaluates every particle)
-    "mcgdiff": (dict(steps=3, particles=2), 3),
-    "fps": (dict(steps=3, particles=2), 3),
-    "tds": (dict(steps=3, particles=2), 3),
+    # issue 15 SMC samplers: 2 particles per posterior sample (each step evaluates every particle)
+    "mcgdiff": (dict(steps=3, particles=2), 6),
+    "fps": (dict(steps=3, particles=2), 6),
+    "tds": (dict(steps=3, particles=2), 6),
 }
 # samplers that need linear physics (issue 6: MCG projects; DiffPIR, PiGDM, DMPS use closed forms;
 # issue 15: DDRM works in the SVD basis, DDNM projects)
@@ -191,7 +191,7 @@ def test_sampler_runs_on_operator(sampler, operator, dims):
     x_shape = tuple(prior.shape)
     assert post.samples.shape == (n, 1, *x_shape)
     assert torch.isfinite(post.samples).all(), f"{sampler} on {operator} ({dims}D) gave non-finite samples"
-    per_sample = counter.rows / n / overrides.get("particles", 1)  # SMC samplers evaluate every particle
+    per_sample = counter.rows / n  # denoiser rows per posterior sample (SMC: every particle counts)
     assert post.nfe == per_sample, f"{sampler} reports nfe={post.nfe} but evaluated D {per_sample} times per sample"
     if sampler in SMALL:
         assert post.nfe == SMALL[sampler][1], f"{sampler} with {overrides} should make {SMALL[sampler][1]} evaluations"

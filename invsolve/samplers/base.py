@@ -31,11 +31,12 @@ class Posterior:
 
     ``samples`` has shape (n_samples, B, *x_shape): ``samples[j]`` is the j-th draw for
     every one of the B measurements; ``mean`` and ``std`` (B, *x_shape) are taken over
-    draws (``std`` is 0 for one draw). ``nfe`` counts denoiser evaluations per sample.
+    draws (``std`` is 0 for one draw). ``nfe`` counts denoiser evaluations per posterior sample:
+    a call on ``K`` particles per sample (SMC) counts ``K``.
     """
 
     samples: torch.Tensor
-    nfe: int
+    nfe: int | float
     seconds: float
     method: str = ""
     config: dict = dataclasses.field(default_factory=dict)
@@ -136,29 +137,41 @@ def nfe_overrides(name: str, nfe: int) -> dict:
     """Hyperparameter overrides giving sampler ``name`` about ``nfe`` denoiser evaluations.
 
     A sampler whose NFE is not its ``steps`` field defines ``for_nfe(nfe) -> dict``
-    (e.g. DAPS splits the budget into annealing levels x ODE steps).
+    (e.g. DAPS splits the budget into annealing levels x ODE steps). A particle sampler
+    (a ``particles`` field) keeps its default particle count and takes ``nfe // particles``
+    steps, since every step evaluates every particle.
     """
     cls = get(name)
     for_nfe = getattr(cls, "for_nfe", None)
-    return dict(for_nfe(nfe)) if for_nfe is not None else {"steps": int(nfe)}
+    if for_nfe is not None:
+        return dict(for_nfe(nfe))
+    particles = getattr(cls, "particles", 1)
+    return {"steps": max(1, int(nfe) // particles)}
 
 
 class CountingPrior:
-    """``prior`` with a count of its denoiser calls: the one place NFE is counted.
+    """``prior`` with a count of its denoiser evaluations: the one place NFE is counted.
 
-    Every call evaluates the whole batch of posterior samples at once, so ``calls`` is the number
-    of denoiser evaluations per sample. Other attributes are the prior's."""
+    ``calls`` counts evaluated rows divided by ``rows`` (the number of posterior-sample rows of
+    the state): a call on the whole batch of samples counts 1, a call on ``K`` particles per sample
+    counts ``K``. Other attributes are the prior's."""
 
-    def __init__(self, prior):
+    def __init__(self, prior, rows: int = 1):
         self.prior = prior
-        self.calls = 0
+        self.rows = rows
+        self.evaluated = 0
+
+    @property
+    def calls(self) -> int | float:
+        q, r = divmod(self.evaluated, self.rows)
+        return q if r == 0 else self.evaluated / self.rows
         # a float32 network prior meets a float64 state (float64 physics) in float32, cast in and out
         dtypes = [t.dtype for t in (*prior.parameters(), *prior.buffers()) if t.is_floating_point()] \
             if isinstance(prior, torch.nn.Module) else []
         self.net_dtype = dtypes[0] if dtypes and all(d == dtypes[0] for d in dtypes) else None
 
     def __call__(self, x: torch.Tensor, sigma, **kwargs) -> torch.Tensor:
-        self.calls += 1
+        self.evaluated += x.shape[0]
         if x.dtype == torch.float64 and self.net_dtype is not None and self.net_dtype != torch.float64:
             return self.prior(x.to(self.net_dtype), sigma, **kwargs).to(x.dtype)
         return self.prior(x, sigma, **kwargs)  # kwargs: e.g. a slice-wise prior's axis (TPDM)
@@ -181,9 +194,9 @@ def sample(name: str, prior, problem, n_samples: int = 1, generator: Generator =
         raise ConfigError(f"got {len(generator)} generators for n_samples={n_samples}; pass one per draw or a single one")
     sampler = configure(name, preset, **overrides)
     view = prior.model_problem(problem)
-    counted = CountingPrior(prior)
-    start = time.perf_counter()
     x_shape = StateShape((n_samples * view.batch, *view.x_shape), dtype=view.dtype)
+    counted = CountingPrior(prior, rows=x_shape[0])
+    start = time.perf_counter()
     x = sampler.run(counted, view, x_shape, generator, callback)
     seconds = time.perf_counter() - start
     with torch.no_grad():

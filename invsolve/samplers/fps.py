@@ -55,7 +55,7 @@ def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class FPS:
     """Filtering Posterior Sampling (Dou & Song, ICLR 2024): linear physics, Gaussian noise.
 
-    Needs linear physics (``TypeError`` otherwise). NFE = ``steps`` (each call evaluates all particles).
+    Needs linear physics (``TypeError`` otherwise). NFE = ``steps * particles`` (each step evaluates every particle).
 
     :param steps: noise levels (InverseBench ``fps``: 100; official: 1000).
     :param particles: particles per posterior sample (InverseBench: 20; official ``--particle_size``: 5).

@@ -52,7 +52,7 @@ def _sq_residual(problem, x0: torch.Tensor) -> torch.Tensor:
 class TDS:
     """Twisted Diffusion Sampler (Wu et al., NeurIPS 2023): any differentiable physics, Gaussian noise.
 
-    NFE = ``steps`` (each call evaluates all particles, with one backward pass).
+    NFE = ``steps * particles`` (each step evaluates every particle, with one backward pass).
 
     :param steps: noise levels (official image code: 100 respaced DDPM steps).
     :param particles: particles per posterior sample (official ``base_sampler_conf.yml``: 4).
