@@ -16,7 +16,7 @@ directions as the parallel beam's view ``beta``:
 As ``source_distance`` grows the fan beam tends to ``ParallelBeamCT`` with the same angles. This
 is astra-toolbox's ``fanflat`` geometry on a vertically flipped image (``operators/astra_backend.py``).
 Line integrals use the shared ray-transform core (``operators.ct.RayTransform``): Joseph's method
-by default, adjoint exact to rounding. Every line is integrated across the whole image, so the
+by default, adjoint exact to rounding, stored sparse matrices or ``grid_sample`` (``method=``). Every line is integrated across the whole image, so the
 image must lie between source and detector; the source must be outside the image's circumscribed
 circle.
 
@@ -57,6 +57,8 @@ class FanBeamCT(RayTransform):
     :param fbp_window: window of the FBP ramp filter ("ram-lak", "shepp-logan", "cosine", "hann").
     :param slice_chunk: slices of a volume projected together (bounds memory).
     :param max_points: interpolation points per ``grid_sample`` call (bounds memory).
+    :param method: ``"auto"`` (default), ``"sparse"`` or ``"grid"``, with ``sparse_bytes``: see
+        ``operators.ct.RayTransform`` (passed on with the other keyword arguments).
     """
 
     def __init__(self, img_size: int | Sequence[int] = 64, views: int | Sequence[float] = 360,

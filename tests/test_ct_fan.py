@@ -20,11 +20,12 @@ def _blob(height, width):
     return torch.exp(-((xx - 4) ** 2 + (yy + 3) ** 2) / 50.0)[None, None]
 
 
+@pytest.mark.parametrize("method", ["auto", "grid"])
 @pytest.mark.parametrize("detector", ["flat", "curved"])
 @pytest.mark.parametrize("shape", [(2, 1, 18, 22), (2, 1, 3, 18, 22)])
-def test_fan_contract_float64(detector, shape):
+def test_fan_contract_float64(detector, shape, method):
     physics = ops.make("ct-fan", img_size=(18, 22), views=9, source_distance=30, detector_distance=15,
-                       detector=detector)
+                       detector=detector, method=method)
     report = assert_operator(physics, torch.zeros(shape, dtype=torch.float64))
     assert report.errors["adjointness"] < 1e-13
 
