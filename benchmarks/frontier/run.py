@@ -111,7 +111,20 @@ def provenance(args) -> dict:
     return {"machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", {platform.node()}",
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "command": "benchmarks/frontier/run.py " + " ".join(args.argv), "seed": args.seed,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+            "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "git": GIT_STATE}
+
+
+def git_state() -> str:
+    """HEAD and whether the sampler / operator code differs from it (others edit this repository concurrently)."""
+    import subprocess
+
+    def git(*cmd):
+        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = git("status", "--porcelain", "--", "invsolve", "operators")
+    return git("rev-parse", "--short", "HEAD") + ("+uncommitted-changes" if dirty else "")
+
+
+GIT_STATE = git_state()
 
 
 def write_atomic(path: Path, data: dict) -> None:
@@ -126,17 +139,22 @@ class Cells:
     def __init__(self, cache: Path, args):
         self.cache, self.args, self.computed = cache, args, 0
 
-    def get(self, task: str, method: str, nfe: int | None, compute) -> dict:
+    def get(self, task: str, method: str, nfe: int | None, compute, plan: dict | None = None) -> dict:
+        """``plan`` (a sampler's preset and overrides): a cached cell made with another plan (a sampler's
+        ``for_nfe`` or preset changed since) is recomputed."""
         path = cell_path(self.cache, task, method, nfe)
         if path.exists():
-            return json.loads(path.read_text())
+            row = json.loads(path.read_text())
+            if plan is None or all(row.get(k) == v for k, v in plan.items()):
+                return row
+            print(f"{task} {method} {nfe}: cached with {[row.get(k) for k in plan]}, now {list(plan.values())}: recomputed")
         start = time.perf_counter()
         try:
             row = compute()
         except Exception as err:  # a sampler that cannot run this cell: recorded, not retried
             row = {"error": f"{type(err).__name__}: {err}".splitlines()[0][:300],
                    "traceback": traceback.format_exc(limit=3)[-1500:]}
-        row = {"task": task, "method": method, "budget": nfe, **row,
+        row = {"task": task, "method": method, "budget": nfe, **(plan or {}), **row,
                "cell_seconds": time.perf_counter() - start,
                **provenance(self.args)}
         write_atomic(path, row)
@@ -168,13 +186,13 @@ def run_exactness(cells: Cells, args) -> None:
     for task, problem in exactness_problems().items():
         for nfe in args.nfe:
             for name in args.samplers:
-                def compute(name=name, nfe=nfe, problem=problem):
-                    overrides = iv.samplers.nfe_overrides(name, nfe)
+                overrides = iv.samplers.nfe_overrides(name, nfe)
+
+                def compute(name=name, overrides=overrides, problem=problem):
                     report, wall, cpu = timed(lambda: exactness_report(name, gm, problem, n=args.exact_samples,
                                                                        seed=args.seed, **overrides))
-                    return {**report, "sampler_seconds": report["seconds"], "seconds": wall, "cpu_seconds": cpu,
-                            "overrides": overrides}
-                cells.get(task, name, nfe, compute)
+                    return {**report, "sampler_seconds": report["seconds"], "seconds": wall, "cpu_seconds": cpu}
+                cells.get(task, name, nfe, compute, plan={"overrides": overrides})
 
 
 # ---------------------------------------------------------------- image part
@@ -236,19 +254,31 @@ def baseline_cell(task: str, which: str, setup: dict, args) -> dict:
     return {**image_scores(setup["truth"], x), "nfe": 0, "seconds": wall, "cpu_seconds": cpu, "config": config}
 
 
-def sampler_cell(name: str, nfe: int, setup: dict, args) -> dict:
-    presets = getattr(iv.samplers.get(name), "PRESETS", {})
-    preset = setup["spec"]["preset"] if setup["spec"]["preset"] in presets else None
+def image_plan(name: str, task: str, nfe: int) -> dict:
+    """The task's preset where sampler ``name`` has one, and the budget's overrides. ``nfe_overrides``
+    divides the budget by a particle sampler's default particle count; where the preset sets another
+    count, the steps are the budget divided by the preset's count instead."""
+    cls = iv.samplers.get(name)
+    presets = getattr(cls, "PRESETS", {})
+    preset = phantom.TASKS[task]["preset"] if phantom.TASKS[task]["preset"] in presets else None
     overrides = iv.samplers.nfe_overrides(name, nfe)
+    particles = presets.get(preset, {}).get("particles")
+    if particles is not None and set(overrides) == {"steps"} and getattr(cls, "for_nfe", None) is None:
+        overrides = {"steps": max(1, int(nfe) // particles)}
+    return {"preset": preset, "overrides": overrides}
+
+
+def sampler_cell(name: str, plan: dict, setup: dict, args) -> dict:
+    preset, overrides = plan["preset"], plan["overrides"]
     gens = [torch.Generator().manual_seed(args.seed + 100 * j) for j in range(args.samples)]
     post, wall, cpu = timed(lambda: iv.sample(name, setup["prior"], setup["problem"], n_samples=args.samples,
                                               preset=preset, generator=gens, **overrides))
     truth = setup["truth"]
     if not torch.isfinite(post.samples).all():
-        raise FloatingPointError(f"{name} returned non-finite samples at budget {nfe}")
+        raise FloatingPointError(f"{name} returned non-finite samples with {overrides}")
     return {**image_scores(truth, post.mean.clamp(0, 1)), "calibration": calibration(truth, post.samples),
             "nfe": post.nfe, "seconds": wall, "cpu_seconds": cpu, "sampler_seconds": post.seconds,
-            "preset": preset, "overrides": overrides, "config": post.config}
+            "config": post.config}
 
 
 def run_images(cells: Cells, args) -> None:
@@ -265,7 +295,9 @@ def run_images(cells: Cells, args) -> None:
             for which in BASELINES:
                 cells.get(task, which, None, lambda task=task, which=which: baseline_cell(task, which, setup, args))
             for name in args.samplers:
-                cells.get(task, name, nfe, lambda name=name, nfe=nfe, setup=setup: sampler_cell(name, nfe, setup, args))
+                plan = image_plan(name, task, nfe)
+                cells.get(task, name, nfe, lambda name=name, plan=plan, setup=setup: sampler_cell(name, plan, setup, args),
+                          plan=plan)
 
 
 def try_setup(task: str, args) -> dict | None:
