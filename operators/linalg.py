@@ -29,7 +29,7 @@ def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def cg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch.Tensor | None = None,
-       iters: int = 100, tol: float = 1e-6, info: dict | None = None) -> torch.Tensor:
+       iters: int = 100, tol: float = 1e-6, info: dict | None = None, r0: torch.Tensor | None = None) -> torch.Tensor:
     """Solve ``apply(x) = b`` (``apply`` Hermitian positive semi-definite) by conjugate gradients.
 
     Each batch row (dimension 0) runs on its own and stops once ``||b - apply(x)|| <= tol ||b||``
@@ -37,10 +37,11 @@ def cg(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, x0: torch
     ``tol`` is raised to ten machine epsilons of the dtype (below rounding, float32 CG stalls and
     then diverges). Started at ``x0 = 0`` (the default) on a singular but consistent system, the
     iterates stay in the range of ``apply``: the minimum-norm solution. ``info``, if given, receives
-    ``iterations`` (the number run) and ``relative_residual`` (one value per row).
+    ``iterations`` (the number run) and ``relative_residual`` (one value per row). ``r0``: the
+    residual ``b - apply(x0)`` when the caller already has it (saves one ``apply``).
     """
     x = torch.zeros_like(b) if x0 is None else x0.clone()
-    r = b.clone() if x0 is None else b - apply(x)
+    r = b.clone() if x0 is None else (b - apply(x) if r0 is None else r0.clone())
     p = r.clone()
     rr = rowdot(r, r)
     tol = max(float(tol), 10 * torch.finfo(b.real.dtype if b.is_complex() else b.dtype).eps)

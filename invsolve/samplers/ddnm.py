@@ -47,7 +47,7 @@ import torch
 from operators.errors import ConfigError
 
 from .base import register
-from .toolkit import LinearPart, eta_ddim_step, noise_estimate, randn, report, sigma_grid, step_noise
+from .toolkit import GRAM_MAX, LinearPart, eta_ddim_step, noise_estimate, randn, report, sigma_grid, step_noise
 
 PROBES = 4
 
@@ -70,7 +70,16 @@ class DDNM:
         (the paper's scalar rule everywhere).
     :param schedule: ``"uniform"`` (official: timesteps ``990, 980, ..., 0`` for 100 steps),
         ``"ddpm"`` or ``"karras"``.
-    :param cg_iters: conjugate-gradient iterations for ``M^+`` where no exact solve exists.
+    :param cg_iters: at most this many conjugate-gradient iterations for ``M^+`` where no exact
+        solve exists.
+    :param cg_tol: relative residual at which a CG solve of ``M^+`` stops (only physics without an
+        exact solve). Default 1e-6 (not re-measured). The pre-issue-14 solver is ``cg_tol=1e-6,
+        cg_warm_start=False, gram_max=0``.
+    :param cg_warm_start: start each step's CG solve from the previous step's solution (default True).
+    :param gram_max: largest per-sample measurement dimension for which ``M^+`` is exact through an
+        eigendecomposition of ``M M^T`` (``LinearPart``'s ``gram`` backend; 8-view CT on 64x64: 728),
+        built once per operator and reused; 0: never. Default 1024. It does not make DDNM+'s
+        per-component rule available (``plus_rule="auto"`` still takes the scalar rule there).
     :param sigma_max: start level (default: the prior's maximum).
     """
 
@@ -80,6 +89,9 @@ class DDNM:
     plus_rule: str = "auto"
     schedule: str = "uniform"
     cg_iters: int = 50
+    cg_tol: float = 1e-6
+    cg_warm_start: bool = True
+    gram_max: int = GRAM_MAX
     sigma_max: float | None = None
 
     PRESETS = {
@@ -98,7 +110,8 @@ class DDNM:
             raise ConfigError(f"schedule must be 'uniform', 'ddpm' or 'karras', got {self.schedule!r}")
 
     def run(self, prior, problem, x_shape, generator, callback=None):
-        lin = LinearPart(problem, x_shape, iters=self.cg_iters, who="DDNM")
+        lin = LinearPart(problem, x_shape, iters=self.cg_iters, tol=self.cg_tol, who="DDNM", gram_max=self.gram_max,
+                         warm_start=self.cg_warm_start)
         sigmas = sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()
         plus = self.noise_aware and problem.sigma_y > 0
         spectral = plus and self.plus_rule == "auto" and lin.spectral_unavailable() is None
@@ -120,12 +133,12 @@ class DDNM:
                 eps = noise_estimate(x, denoised, sigma)
                 z = step_noise(x, generator, sigma_next)
                 if not plus:
-                    x = eta_ddim_step(lin.project(denoised, y), eps, sigma_next, self.eta, z)
+                    x = eta_ddim_step(lin.project(denoised, y, key="data"), eps, sigma_next, self.eta, z)
                 elif spectral:
                     x = self._spectral_step(lin, denoised, eps, z, yb, s, noise_y, sigma_next)
                 else:
                     lam = min(1.0, sigma_next / n_eff)
-                    x0_y = denoised + lam * lin.pinv(y - problem.forward(denoised)).to(x.dtype)
+                    x0_y = denoised + lam * lin.pinv(y - problem.forward(denoised), key="data").to(x.dtype)
                     gamma = math.sqrt(max(0.0, sigma_next ** 2 - (lam * n_eff) ** 2))
                     x = x0_y + gamma * (self.eta * z + keep * eps)  # eta-DDIM noise scaled to gamma
             report(callback, i, len(sigmas) - 1, sigma, x, denoised)

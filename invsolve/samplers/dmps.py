@@ -28,7 +28,7 @@ import math
 import torch
 
 from .base import register
-from .toolkit import LinearPart, ancestral_step, denoise, model_clip, randn, report, sigma_grid, step_noise
+from .toolkit import GRAM_MAX, LinearPart, ancestral_step, denoise, model_clip, randn, report, sigma_grid, step_noise
 
 
 @register("dmps")
@@ -45,7 +45,18 @@ class DMPS:
     :param clip_denoised: clamp ``x0_hat`` to the data range (official: True).
     :param vp_scaling: evaluate the residual at ``f_i x'`` as the official VP code does (see the
         module docstring); False: at ``x'``.
-    :param cg_iters: conjugate-gradient iterations per solve for physics without a closed form.
+    :param cg_iters: at most this many conjugate-gradient iterations per solve for physics without
+        a closed form.
+    :param cg_tol: relative residual at which a CG solve of the data step stops (at most
+        ``cg_iters`` iterations; only physics without an exact solve). Default 1e-2: on 8-view CT solved by CG (``gram_max=0``),
+        NFE 50, 4 held-out phantoms, 23.68 dB PSNR with warm starts, as 1e-6 from zero (issue 14).
+        The pre-issue-14 solver is ``cg_tol=1e-6, cg_warm_start=False, gram_max=0``.
+    :param cg_warm_start: start each CG solve from the previous step's solution of the same system
+        (default True) instead of from 0.
+    :param gram_max: largest per-sample measurement dimension for which the data step is solved
+        exactly through an eigendecomposition of ``M M^T`` (``LinearPart``'s ``gram`` backend, e.g.
+        8-view CT on 64x64: 728), built once per operator and reused; 0: never (CG instead).
+        Default 1024.
     :param sigma_max: start level (default: the prior's maximum).
     """
 
@@ -55,6 +66,9 @@ class DMPS:
     clip_denoised: bool = True
     vp_scaling: bool = True
     cg_iters: int = 50
+    cg_tol: float = 1e-2
+    cg_warm_start: bool = True
+    gram_max: int = GRAM_MAX
     sigma_max: float | None = None
 
     PRESETS = {
@@ -72,7 +86,8 @@ class DMPS:
     def run(self, prior, problem, x_shape, generator, callback=None):
         sigmas = sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()
         clip = model_clip(prior, problem) if self.clip_denoised else None
-        lin = LinearPart(problem, x_shape, self.cg_iters, who="DMPS")
+        lin = LinearPart(problem, x_shape, self.cg_iters, tol=self.cg_tol, who="DMPS", gram_max=self.gram_max,
+                         warm_start=self.cg_warm_start)
         noise_var = problem.sigma_y ** 2
         x = sigmas[0] * randn(x_shape, generator)
         for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
@@ -80,7 +95,7 @@ class DMPS:
                 denoised = denoise(prior, x, sigma, clip)
                 x = ancestral_step(x, denoised, sigma, sigma_next, step_noise(x, generator, sigma_next))
                 f = math.sqrt((1 + sigma ** 2) / (1 + sigma_next ** 2)) if self.vp_scaling else 1.0
-                u = lin.solve_measurement(problem.residual(f * x), sigma ** 2, noise_var)
-                x = x + self.scale * (sigma ** 2 - sigma_next ** 2) * problem.adjoint(u).to(x.dtype)
+                score = lin.likelihood_score(f * x, sigma ** 2, noise_var, key="score")
+                x = x + self.scale * (sigma ** 2 - sigma_next ** 2) * score
             report(callback, i, len(sigmas) - 1, sigma, x, denoised)
         return x.detach()

@@ -34,7 +34,7 @@ import torch
 from operators.errors import ConfigError
 
 from .base import register
-from .toolkit import LinearPart, noise_estimate, randn, report, sigma_grid
+from .toolkit import GRAM_MAX, LinearPart, noise_estimate, randn, report, sigma_grid
 
 WEIGHTINGS = ("linear", "sqrt", "square", "log", "trunc_linear", "power2over3", "const")
 
@@ -74,6 +74,10 @@ class REDDiff:
         noiseless inpainting: 1e-4).
     :param cg_iters: conjugate-gradient steps of the pseudo-inverse where no exact one exists
         (decomposable physics and small dense problems are exact; ``linalg.LinearPart``).
+    :param cg_tol: relative residual at which that CG solve stops (default 1e-6, as before issue 14).
+    :param gram_max: largest per-sample measurement dimension for which the pseudo-inverse is exact
+        through an eigendecomposition of ``M M^T`` (``LinearPart``'s ``gram`` backend; 8-view CT on
+        64x64: 728), built once per operator and reused; 0: CG (the pre-issue-14 solver). Default 1024.
     """
 
     steps: int = 1000
@@ -84,6 +88,8 @@ class REDDiff:
     init: str = "pinv"
     sigma_x0: float = 0.0
     cg_iters: int = 50
+    cg_tol: float = 1e-6
+    gram_max: int = GRAM_MAX
 
     PRESETS = {
         # official sample_test.sh reddiff lines (with lam 0.25 from the config): sr4 uses the
@@ -136,7 +142,8 @@ class REDDiff:
             return torch.zeros(x_shape, dtype=dtype)
         zero = torch.zeros(x_shape, dtype=dtype)
         with torch.no_grad():
-            return LinearPart(problem, x_shape, iters=self.cg_iters).pinv(problem.residual(zero)).to(dtype)
+            lin = LinearPart(problem, x_shape, iters=self.cg_iters, tol=self.cg_tol, gram_max=self.gram_max)
+            return lin.pinv(problem.residual(zero)).to(dtype)
 
 
 def _per_sample_mean(t: torch.Tensor) -> torch.Tensor:

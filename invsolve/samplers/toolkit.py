@@ -10,13 +10,14 @@ the grids and steps are in docs/samplers.md.
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Callable, Sequence
 
 import torch
 from deepinv.physics import DecomposablePhysics
 
 from operators.errors import ConfigError, PhysicsError
-from operators.linalg import TVState, admm_tv_step, cg, least_squares
+from operators.linalg import TVState, admm_tv_step, cg, least_squares, rowdot
 from operators.resolution import AveragePooling
 
 from ..priors.adapters import DDPMSchedule
@@ -327,6 +328,11 @@ def report(callback: Callable[[dict], None] | None, step: int, steps: int, sigma
 CG_ITERS = 100
 CG_TOL = 1e-6
 DENSE_MAX = 1024
+GRAM_MAX = 1024  # the samplers' default ``gram_max`` (LinearPart's own default is 0: off)
+
+# ``gram`` factorizations kept per physics object (weakly: dropped with the physics), keyed by the
+# model sample shape, scale, dtype and device; a hit is checked by one forward call on a fixed probe
+_GRAM_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class LinearPart:
@@ -339,25 +345,107 @@ class LinearPart:
       Cartesian MRI, ...), exact closed forms;
     - ``"dense"``: real physics whose per-sample model dimension is at most ``dense_max``: ``M`` is
       assembled from ``d`` forward calls and factored by a thin SVD in float64, exact;
-    - ``"cg"``: any other ``LinearPhysics`` (CT, blur, large images): ``operators.linalg.cg`` with
-      ``iters`` steps per solve, each posterior sample on its own.
+    - ``"gram"`` (only when ``gram_max > 0``): real physics that is neither of the above but whose
+      per-sample measurement dimension ``m`` is at most ``gram_max`` (8-view CT: ``m = 728``):
+      ``M M^T`` (m x m) is assembled from one batched adjoint call on the ``m`` measurement basis
+      vectors and eigendecomposed in float64, so every solve below is exact through the identity
+      ``(M^T M + rho I)^+ M^T = M^T (M M^T + rho I)^+`` and costs no operator call beyond the one
+      adjoint of ``pinv`` (``solve_measurement`` none). Eigenvalues below ``m eps lambda_max`` (float32
+      assembly: rays that miss the image, and the weakest ~1e-4 of the spectrum) are treated as outside
+      the range of ``M``: ``pinv`` and ``likelihood_score`` give them nothing (the truncated operator's
+      exact solves; a noise-free ``1 / sqrt(lambda)`` there would amplify the noise of ``y`` without
+      bound), ``solve_measurement`` gives them ``1 / noise_var`` as the dense backend does outside the
+      range. The factorization is kept per physics object (weakly) and reused by later runs on the
+      same operator, after a one-call check on a fixed probe;
+    - ``"cg"``: any other ``LinearPhysics`` (blur, large images): ``operators.linalg.cg`` with at most
+      ``iters`` steps per solve, stopping at relative residual ``tol``, each posterior sample on its
+      own. With ``warm_start`` a solve given a ``key`` starts from the previous solution of the same
+      key (same shape), e.g. the previous diffusion step's; otherwise from 0.
 
     ``x_shape`` is the model batch shape ``(N, *sample_shape)``; the physics must act on each batch
     row alike (as every sampler assumes when it tiles ``y``). ``who`` names the sampler in the
-    ``PhysicsError`` raised for nonlinear physics.
+    ``PhysicsError`` raised for nonlinear physics. ``cg_iterations`` counts the CG iterations run.
     """
 
     def __init__(self, problem, x_shape, iters: int = CG_ITERS, tol: float = CG_TOL, dense_max: int = DENSE_MAX,
-                 who: str = "this sampler's closed-form data step"):
+                 who: str = "this sampler's closed-form data step", gram_max: int = 0, warm_start: bool = False):
         problem = problem.view()  # a Problem's model-space view (a view is its own)
         problem.require_linear(who)
         self.problem, self.iters, self.tol = problem, iters, tol
+        self.warm_start = warm_start
+        self._warm: dict = {}
+        self.cg_iterations = 0
         self.sample_shape = tuple(x_shape[1:])
         self.backend = "cg"
         if isinstance(problem.physics, DecomposablePhysics):
             self.backend = "svd"
         elif math.prod(self.sample_shape) <= dense_max:
             self._assemble()
+        if self.backend == "cg" and gram_max > 0:
+            self._gram(gram_max)
+
+    def _gram(self, gram_max: int) -> None:
+        """Switch to the ``gram`` backend when ``M`` is real with at most ``gram_max`` measurements per sample."""
+        problem = self.problem
+        dtype = getattr(problem, "dtype", torch.float32)
+        with torch.no_grad():
+            probe = torch.randn((1, *self.sample_shape), generator=torch.Generator().manual_seed(0), dtype=dtype)
+            seen = problem.linear_forward(probe)
+        if seen.is_complex() or seen[0].numel() > gram_max:
+            return
+        key = (self.sample_shape, float(problem.scale), dtype, str(seen.device))
+        try:
+            store = _GRAM_CACHE.setdefault(problem.physics, {})
+        except TypeError:  # physics that cannot be weakly referenced: no reuse across runs
+            store = {}
+        hit = store.get(key)
+        if hit is not None and hit[0].shape == seen.shape and torch.equal(hit[0], seen):
+            _, self.Q, self.lam = hit
+        else:
+            m = seen[0].numel()
+            basis = torch.eye(m, dtype=seen.dtype, device=seen.device).reshape(m, *seen.shape[1:])
+            with torch.no_grad():
+                rows = problem.adjoint(basis)  # row j of M is M^T e_j
+            if rows.is_complex():
+                return
+            rows = rows.reshape(m, -1).to(torch.float64)
+            lam, Q = torch.linalg.eigh(rows @ rows.T)
+            # numerically zero eigenvalues (rays missing the image, ...): the dense backend's cut-off, squared
+            cut = float(lam.max()) * m * torch.finfo(seen.dtype).eps if lam.numel() else 0.0
+            lam = torch.where(lam > cut, lam, torch.zeros_like(lam))
+            self.Q, self.lam = Q, lam
+            store[key] = (seen, Q, lam)
+        self.backend = "gram"
+
+    def _gram_apply(self, r: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        """``Q diag(gain) Q^T r`` per row of the measurement-space ``r``, in ``r``'s dtype and shape."""
+        out = ((self._rows(r) @ self.Q) * gain) @ self.Q.T
+        return out.reshape(r.shape).to(r.dtype)
+
+    def _start(self, key, like: torch.Tensor):
+        """The warm start stored under ``key`` (None: start from 0)."""
+        if not self.warm_start or key is None:
+            return None
+        x0 = self._warm.get(key)
+        return x0 if x0 is not None and x0.shape == like.shape and x0.dtype == like.dtype else None
+
+    def _cg(self, apply, b: torch.Tensor, key) -> torch.Tensor:
+        """CG on ``apply(x) = b``, warm-started from slot ``key`` per row only where that start has a
+        lower quadratic objective ``x^T apply(x) / 2 - b^T x`` than 0 (so a warm start never ends
+        worse than the cold solve's monotone decrease from 0: DiffPIR's and DMPS's steps keep
+        never increasing the residual they start from)."""
+        info: dict = {}
+        x0, r0 = self._start(key, b), None
+        if x0 is not None:
+            r0 = b - apply(x0)
+            worse = rowdot(x0, b + r0) < 0  # objective at x0 = -<x0, b + r0> / 2 > 0
+            x0 = torch.where(worse, torch.zeros_like(x0), x0)
+            r0 = torch.where(worse, b, r0)
+        out = cg(apply, b, x0=x0, iters=self.iters, tol=self.tol, info=info, r0=r0)
+        self.cg_iterations += info["iterations"]
+        if self.warm_start and key is not None:
+            self._warm[key] = out
+        return out
 
     def _assemble(self) -> None:
         d = math.prod(self.sample_shape)
@@ -384,9 +472,10 @@ class LinearPart:
     def _rows(t: torch.Tensor) -> torch.Tensor:
         return t.reshape(t.shape[0], -1).to(torch.float64)
 
-    def pinv(self, r: torch.Tensor, rho: float = 0.0) -> torch.Tensor:
+    def pinv(self, r: torch.Tensor, rho: float = 0.0, key=None) -> torch.Tensor:
         """``(M^T M + rho I)^+ M^T r`` per row of the measurement-space ``r`` (model space out);
-        ``rho = 0``: the pseudo-inverse ``M^+ r`` (minimum-norm least squares)."""
+        ``rho = 0``: the pseudo-inverse ``M^+ r`` (minimum-norm least squares). ``key``: the warm
+        start slot of the ``cg`` backend (see the class docstring)."""
         if rho < 0:
             raise ConfigError(f"rho must be >= 0, got {rho}")
         if self.backend == "svd":
@@ -395,18 +484,34 @@ class LinearPart:
             s2 = s.abs() ** 2
             inv = torch.where(s2 + rho > 1e-10, s.conj() / (s2 + rho).clamp_min(1e-10), torch.zeros_like(s))
             return physics.V(physics.U_adjoint(r) * inv)
+        if self.backend == "gram":  # nothing along the modes treated as outside the range
+            seen = self.lam > 0
+            gain = torch.where(seen, 1 / torch.where(seen, self.lam + rho, torch.ones_like(self.lam)),
+                               torch.zeros_like(self.lam))
+            return self.problem.adjoint(self._gram_apply(r, gain))
         if self.backend == "cg":
-            return least_squares(self.problem.linear_forward, self.problem.adjoint, r, rho=rho,
-                                 iters=self.iters, tol=self.tol)
+            if key is None and not self.warm_start:  # the plain least-squares solve from 0
+                info: dict = {}
+                out = least_squares(self.problem.linear_forward, self.problem.adjoint, r, rho=rho,
+                                    iters=self.iters, tol=self.tol, info=info)
+                self.cg_iterations += info["iterations"]
+                return out
+
+            def normal(v):
+                out = self.problem.adjoint(self.problem.linear_forward(v))
+                return out + rho * v if rho else out
+
+            return self._cg(normal, self.problem.adjoint(r), key)
         s = self.s
         gain = torch.where(s ** 2 + rho > 0, s / torch.where(s ** 2 + rho > 0, s ** 2 + rho, torch.ones_like(s)),
                            torch.zeros_like(s))
         out = ((self._rows(r) @ self.U) * gain) @ self.V.T
         return out.reshape(r.shape[0], *self.sample_shape)
 
-    def solve_measurement(self, r: torch.Tensor, c: float, noise_var: float) -> torch.Tensor:
+    def solve_measurement(self, r: torch.Tensor, c: float, noise_var: float, key=None) -> torch.Tensor:
         """``(noise_var I + c M M^T)^-1 r`` for measurement-space ``r`` (one row per sample); with
-        ``noise_var = 0``, ``(c M M^T)^+ r`` (zero on directions ``M`` does not reach)."""
+        ``noise_var = 0``, ``(c M M^T)^+ r`` (zero on directions ``M`` does not reach). ``key``: the
+        warm start slot of the ``cg`` backend."""
         if self.backend == "svd":
             physics = self.problem.physics
             ur = physics.U_adjoint(r)
@@ -414,11 +519,15 @@ class LinearPart:
             inv = torch.where(denom > 0, 1 / torch.where(denom > 0, denom, torch.ones_like(denom)),
                               torch.zeros_like(denom))
             return physics.U(ur * inv)
+        if self.backend == "gram":
+            denom = noise_var + c * self.lam
+            inv = torch.where(denom > 0, 1 / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+            return self._gram_apply(r, inv)
         if self.backend == "cg":
             def apply(u):
                 return noise_var * u + c * self.problem.linear_forward(self.problem.adjoint(u))
 
-            return cg(apply, r, iters=self.iters, tol=self.tol)
+            return self._cg(apply, r, key)
         rows = self._rows(r)
         coef = rows @ self.U
         denom = noise_var + c * self.s ** 2
@@ -428,17 +537,22 @@ class LinearPart:
             out = out + (rows - coef @ self.U.T) / noise_var
         return out.reshape(r.shape).to(r.dtype)
 
-    def likelihood_score(self, x: torch.Tensor, c: float, noise_var: float) -> torch.Tensor:
+    def likelihood_score(self, x: torch.Tensor, c: float, noise_var: float, key=None) -> torch.Tensor:
         """``M^T (noise_var I + c M M^T)^-1 (y - forward(x))``: the gradient in ``x`` of
         ``log N(y; forward(x), noise_var I + c M M^T)`` (its covariance held fixed)."""
-        u = self.solve_measurement(self.problem.residual(x), c, noise_var)
+        if self.backend == "gram":  # nothing along the modes treated as outside the range
+            denom = noise_var + c * self.lam
+            ok = (self.lam > 0) & (denom > 0)
+            inv = torch.where(ok, 1 / torch.where(ok, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+            return self.problem.adjoint(self._gram_apply(self.problem.residual(x), inv)).to(x.dtype)
+        u = self.solve_measurement(self.problem.residual(x), c, noise_var, key=key)
         return self.problem.adjoint(u).to(x.dtype)
 
-    def project(self, x: torch.Tensor, target: torch.Tensor, rho: float = 0.0) -> torch.Tensor:
+    def project(self, x: torch.Tensor, target: torch.Tensor, rho: float = 0.0, key=None) -> torch.Tensor:
         """``x + (M^T M + rho I)^+ M^T (target - forward(x))``: for ``rho = 0`` the orthogonal
         projection of ``x`` onto ``{forward = target}`` (least squares when it is empty);
         ``target`` holds one row per row of ``x``."""
-        return x + self.pinv(target - self.problem.forward(x), rho).to(x.dtype)
+        return x + self.pinv(target - self.problem.forward(x), rho, key=key).to(x.dtype)
 
     # ---- spectral coordinates (an exact SVD of M), for per-singular-component samplers (DDRM, DDNM+) ----
     #
@@ -470,7 +584,7 @@ class LinearPart:
                       and torch.allclose(physics.V(spec), probe, atol=1e-4 * float(probe.abs().max()))):
                 reason = (f"{type(physics).__name__}'s V is not orthonormal (deepinv's BlurFFT keeps half of a "
                           "real FFT), so its mask is not the singular values of A")
-        elif self.backend == "cg":
+        elif self.backend in ("cg", "gram"):
             if isinstance(physics, AveragePooling):
                 self._spectral = "pool"
                 self._pool_s = (physics.factor ** -len(physics.axes)) ** 0.5 / abs(self.problem.scale)
