@@ -99,6 +99,10 @@ class DDNM:
         "inpainting": dict(steps=100, eta=0.85),
         "sr4": dict(steps=100, eta=0.85),
         "deblur": dict(steps=100, eta=0.85),
+        # invsolve (no official CT setting): 8-view CT on ct-phantom64 (DDNM+ scalar rule); the best
+        # of a small grid on training phantoms (steps 50 / 100 at eta 0.85, eta 0.5 / 1 at 100 steps),
+        # benchmarks/phantom/tune_new.md, run with M^+ by 50 CG iterations from 0 (before the gram solve)
+        "ct-sparse8": dict(steps=100, eta=0.5),
     }
 
     def __post_init__(self):

@@ -80,6 +80,11 @@ class DDRM:
         "inpainting": dict(steps=20, eta=0.85, eta_b=1.0),
         "sr4": dict(steps=20, eta=0.85, eta_b=1.0),
         "deblur": dict(steps=20, eta=0.85, eta_b=1.0),
+        # invsolve (no official CT setting): 8-view CT on ct-phantom64 at 64^2, exact SVD of the
+        # (728 x 4096) operator by the dense backend (dense_max 4096); steps / eta the best of a small
+        # grid on training phantoms, benchmarks/phantom/tune_new.md (steps 20 / 50 / 100 at eta 0.85,
+        # eta 0.5 / 1 at 20 steps, eta 1 at 100 steps)
+        "ct-sparse8": dict(steps=100, eta=1.0, eta_b=1.0, dense_max=4096),
     }
 
     def __post_init__(self):

@@ -72,6 +72,11 @@ class DDS:
         "ct-sparse8": dict(steps=30, eta=0.85, cg_steps=5, rho=10.0, tv_z=0.5),
         # 4x Cartesian CS-MRI (official eval_mri.sh: 4x uniform1d, 50 steps, eta 0.85, CG 5; 2D, no TV)
         "mri-cs4": dict(steps=50, eta=0.85, cg_steps=5, tv_z=0.0),
+        # invsolve, 2D phantom tasks of benchmarks/phantom/run.py (ct-phantom64, no TV): the best of
+        # CG 2 / 5 / 10 at eta 0.85 (deblur: equal to 0.01 dB, the cheapest kept) and, inpainting,
+        # whose CG system is diagonal, eta 0.5 / 1 at CG 2; training phantoms, benchmarks/phantom/tune_new.md
+        "deblur": dict(steps=50, eta=0.85, cg_steps=2, tv_z=0.0),
+        "inpainting": dict(steps=50, eta=0.5, cg_steps=2, tv_z=0.0),
     }
 
     def __post_init__(self):

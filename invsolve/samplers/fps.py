@@ -79,6 +79,13 @@ class FPS:
     cg_iters: int = 50
     sigma_max: float | None = None
 
+    PRESETS = {
+        # invsolve (InverseBench: 20 particles x 100 steps): 70 % random inpainting on ct-phantom64
+        # within a 200-NFE budget (steps x particles), the better of 50 x 4 / 20 x 10 on training
+        # phantoms, benchmarks/phantom/tune_new.md
+        "inpainting": dict(steps=50, particles=4),
+    }
+
     def run(self, prior, problem, x_shape, generator, callback=None):
         lin = LinearPart(problem, x_shape, self.cg_iters, who="FPS")
         n, n_part = x_shape[0], self.particles

@@ -97,6 +97,13 @@ class MCGdiff:
     dense_max: int = 1024
     sigma_max: float | None = None
 
+    PRESETS = {
+        # invsolve (the official scripts run 64 particles x 100 steps): 70 % random inpainting on
+        # ct-phantom64 within a 200-NFE budget (steps x particles), the better of 50 x 4 / 25 x 8 on
+        # training phantoms, benchmarks/phantom/tune_new.md
+        "inpainting": dict(steps=25, particles=8),
+    }
+
     def run(self, prior, problem, x_shape, generator, callback=None):
         lin = LinearPart(problem, x_shape, dense_max=self.dense_max, who="MCGdiff")
         reason = lin.spectral_unavailable()
