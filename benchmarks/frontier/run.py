@@ -323,6 +323,12 @@ def fmt(value, spec=".2f") -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def failure(row: dict) -> str:
+    """'n/a' where the sampler refuses the operator (a ``PhysicsError``, e.g. no exact SVD), else 'failed'."""
+    kind = "n/a" if row["error"].startswith("PhysicsError") else "failed"
+    return f"{kind}: {row['error'].split(': ', 1)[-1][:70]}"
+
+
 def secs(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
@@ -357,7 +363,7 @@ def image_section(rows: list[dict], task: str, args) -> list[str]:
         cells = []
         for nfe in args.nfe:
             r = pick(rows, task, name, nfe)
-            cells.append("not run" if r is None else f"failed: {r['error'][:60]}" if "error" in r else
+            cells.append("not run" if r is None else failure(r) if "error" in r else
                          f"{r['psnr']:.2f} / {r['ssim']:.3f} / {r['calibration']:.2f} ({fmt(r['nfe'], 'g')}, {secs(r['cpu_seconds'])})")
         presets = {r.get("preset") for r in rows if r["task"] == task and r["method"] == name and "error" not in r}
         label = name + (" (defaults)" if presets == {None} else "")
@@ -374,7 +380,7 @@ def exactness_section(rows: list[dict], task: str, args) -> list[str]:
         cells = []
         for nfe in args.nfe:
             r = pick(rows, task, name, nfe)
-            cells.append("not run" if r is None else f"failed: {r['error'][:60]}" if "error" in r else
+            cells.append("not run" if r is None else failure(r) if "error" in r else
                          f"{r['ratio']:.3f} / {r['coverage']:.2f} ({fmt(r['nfe'], 'g')})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines + [""]
@@ -404,7 +410,8 @@ def header(rows: list[dict], args, cache: Path) -> list[str]:
         "particles). Seconds: CPU seconds (`time.process_time`, 1 torch thread) of the sampler call (or of the TV / "
         "FBP solve); the machine was shared with other jobs, so wall seconds (results.csv) were up to several "
         "times longer and vary with the load. 'not run': no cached cell yet; "
-        "'failed': the sampler raised or returned non-finite samples (full error in results.csv).")
+        "'n/a': the sampler refuses the operator (`PhysicsError`, e.g. it "
+        "needs an exact SVD); 'failed': it raised otherwise or returned non-finite samples (errors in results.csv).")
     images = (
         f"Images: {args.phantoms} held-out phantoms (64x64, `ct-phantom64` prior) x {args.samples} posterior samples "
         "(own generator per draw); '(defaults)': the sampler has no preset for the task; cell = PSNR / SSIM of the posterior mean (clamped to [0, 1]) / calibration "
@@ -466,6 +473,12 @@ def style(plt, name: str) -> dict:
     return {"color": plt.get_cmap("tab20")(i % 20), "marker": MARKERS[i % len(MARKERS)], "ls": "-" if i % 2 else "--"}
 
 
+def nfe_ticks(ax, args) -> None:
+    """Plain tick labels at the budgets on a log NFE axis."""
+    ax.set_xticks(list(args.nfe), [str(n) for n in args.nfe])
+    ax.set_xticks([], minor=True)
+
+
 def sampler_series(rows, task, name, args, x_key, y_key):
     got = [pick(rows, task, name, n) for n in args.nfe]
     got = [r for r in got if r is not None and "error" not in r]
@@ -486,6 +499,7 @@ def plot_image_task(plt, rows, task, args, path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
+    nfe_ticks(axes[0], args)
     axes[0].set_ylabel("PSNR of the posterior mean (dB)")
     if axes[1].get_legend_handles_labels()[0]:
         axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
@@ -507,6 +521,7 @@ def plot_exactness(plt, rows, task, args, path: Path) -> None:
     ax.axhline(0.25, color="grey", ls="--", lw=0.8, label="criterion 0.25")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    nfe_ticks(ax, args)
     ax.set_xlabel("NFE (reported, per posterior sample)")
     ax.set_ylabel("SW(sampler, exact) / SW(prior, exact)")
     ax.set_title(f"{task} ({args.exact_samples} samples)")
