@@ -117,6 +117,8 @@ def check_values(cls, name: str, params: dict) -> None:
             if not isinstance(value, bool):
                 raise ConfigError(f"{name}: hyperparameter {f.name} must be true or false, got {value!r}")
         elif int in allowed and float not in allowed:
+            if str in allowed and isinstance(value, str):  # e.g. tpdm's aux_axis: "coronal" or 1
+                continue
             if isinstance(value, float) and math.isfinite(value) and value.is_integer():
                 value = params[f.name] = int(value)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -160,15 +162,15 @@ class CountingPrior:
         self.prior = prior
         self.rows = rows
         self.evaluated = 0
+        # a float32 network prior meets a float64 state (float64 physics) in float32, cast in and out
+        dtypes = [t.dtype for t in (*prior.parameters(), *prior.buffers()) if t.is_floating_point()] \
+            if isinstance(prior, torch.nn.Module) else []
+        self.net_dtype = dtypes[0] if dtypes and all(d == dtypes[0] for d in dtypes) else None
 
     @property
     def calls(self) -> int | float:
         q, r = divmod(self.evaluated, self.rows)
         return q if r == 0 else self.evaluated / self.rows
-        # a float32 network prior meets a float64 state (float64 physics) in float32, cast in and out
-        dtypes = [t.dtype for t in (*prior.parameters(), *prior.buffers()) if t.is_floating_point()] \
-            if isinstance(prior, torch.nn.Module) else []
-        self.net_dtype = dtypes[0] if dtypes and all(d == dtypes[0] for d in dtypes) else None
 
     def __call__(self, x: torch.Tensor, sigma, **kwargs) -> torch.Tensor:
         self.evaluated += x.shape[0]
