@@ -4,13 +4,52 @@ import torch
 import invsolve as iv
 import operators as ops
 
-from helpers import tanh_problem, check_exactness, linear_problems, measure, mixture, tiny_prior, assert_batched_equals_single
+from helpers import (tanh_problem, check_exactness, linear_problems, matrix_physics, measure, mixture, tiny_prior,
+                     assert_batched_equals_single)
 
 
 @pytest.mark.parametrize("sigma_y", [0.01, 0.1])
 @pytest.mark.parametrize("name", ["inpainting", "gaussian"])
 def test_dps_defaults_approach_exact_posterior(name, sigma_y):
     check_exactness("dps", name, sigma_y, label="DPS")
+
+
+# the spanned rule (zeta per official DDPM step, capped at one Polyak step) at 50 / 200 / 1000
+# steps: measured ratios 0.09-0.22 / 0.04-0.05 / 0.03-0.07 on the four problems (docs/samplers.md,
+# DPS "Guidance at any step count"); without the cap the same rule overshoots at 50 steps (1.2-1.7
+# on the Gaussian matrix), hence the cap. 0.25 is the suite's criterion.
+@pytest.mark.parametrize("steps", [50, 200])
+@pytest.mark.parametrize("sigma_y", [0.01, 0.1])
+@pytest.mark.parametrize("name", ["inpainting", "gaussian"])
+def test_dps_guidance_holds_at_fewer_steps(name, sigma_y, steps):
+    check_exactness("dps", name, sigma_y, nfe=steps, label=f"DPS {steps} steps", steps=steps)
+
+
+def test_weight_rules_and_auto():
+    """At the official 1000-step grid every step spans one official step; respaced to 200, about
+    five; an unknown rule or a non-numeric zeta other than 'auto' is a ConfigError; 'auto' runs on
+    any operator scale and gives scale-invariant steps."""
+    from invsolve.samplers.toolkit import ddpm_sigmas, ddpm_steps_spanned
+
+    grid = ddpm_sigmas(1000, 1e-9, 1e9).tolist()
+    spans = [ddpm_steps_spanned(a, b) for a, b in zip(grid[:-1], grid[1:])]
+    assert max(abs(s - 1) for s in spans) < 1e-9
+    coarse = ddpm_sigmas(200, 1e-9, 1e9).tolist()
+    assert abs(sum(ddpm_steps_spanned(a, b) for a, b in zip(coarse[:-1], coarse[1:])) - 1000) < 40
+    gm = mixture()
+    with pytest.raises(iv.errors.ConfigError, match="zeta_rule"):
+        iv.sample("dps", gm, measure(gm, linear_problems()["gaussian"], 0.1), zeta_rule="sometimes")
+    with pytest.raises(iv.errors.ConfigError, match="'auto'"):
+        iv.sample("dps", gm, measure(gm, linear_problems()["gaussian"], 0.1), zeta="big")
+    # the automatic weight does not see a common rescaling of the operator and y
+    gauss = torch.randn(8, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64) / 4
+    truth = gm.sample(1, torch.Generator().manual_seed(3))
+    outs = []
+    for c in (1.0, 8.0):
+        physics = matrix_physics(c * gauss)
+        problem = iv.Problem(physics, physics.A(truth), sigma_y=0.1 * c)
+        outs.append(iv.sample("dps", gm, problem, generator=torch.Generator().manual_seed(0), steps=30, zeta="auto").samples)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-6)
 
 
 def test_batched_draws_equal_single_draws_with_same_generators():

@@ -25,7 +25,9 @@ def test_mcg_defaults_against_exact_posterior(name, sigma_y):
 
 @pytest.mark.parametrize("name", ["inpainting", "gaussian"])
 def test_mcg_at_50_steps_approaches_exact_posterior(name):
-    check_exactness("mcg", name, 0.01, ratio=0.1, mean=0.1, steps=50)
+    # the official per-step rule: at 50 steps the gradient term is 20x weaker than at 1000, and on
+    # these mixtures MCG is closer to exact without it (the projection does the work)
+    check_exactness("mcg", name, 0.01, ratio=0.1, mean=0.1, steps=50, alpha_rule="per-step")
 
 
 def test_flow_and_score_priors_give_the_same_samples_as_the_mixture():

@@ -19,10 +19,15 @@ from invsolve.metrics import psnr
 from invsolve.priors.datasets import mni152_volumes, square_resize
 
 GRID = [
-    ("dps", dict(steps=100, schedule="karras", zeta=0.3)),
-    ("dps", dict(steps=100, schedule="karras", zeta=1.0)),
+    # the first grid ran under the official per-step rule (before issue 15's spanned rule)
+    ("dps", dict(steps=100, schedule="karras", zeta=0.3, zeta_rule="per-step")),
+    ("dps", dict(steps=100, schedule="karras", zeta=1.0, zeta_rule="per-step")),
+    ("dps", dict(steps=100, schedule="karras", zeta=3.0, zeta_rule="per-step")),
+    ("dps", dict(steps=100, schedule="karras", zeta=10.0, zeta_rule="per-step")),
+    # the preset's choice under the default spanned rule
     ("dps", dict(steps=100, schedule="karras", zeta=3.0)),
     ("dps", dict(steps=100, schedule="karras", zeta=10.0)),
+    ("dps", dict(steps=100, schedule="karras", zeta="auto")),
     ("pigdm", dict(steps=100, eta=1.0, weight=1.0)),
     ("pigdm", dict(steps=100, eta=1.0, weight=0.5)),
     ("pigdm", dict(steps=100, eta=1.0, weight=2.0)),

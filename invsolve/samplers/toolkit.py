@@ -250,6 +250,71 @@ def data_grad(problem, x: torch.Tensor) -> torch.Tensor:
     return grad
 
 
+# ---- guidance weights that do not depend on the number of steps ---------------------------------
+
+WEIGHT_RULES = ("spanned", "per-step")
+
+
+def ddpm_steps_spanned(sigma: float, sigma_next: float, timesteps: int = 1000) -> float:
+    """How many steps of the official ``timesteps``-step linear-beta DDPM grid the step
+    ``sigma -> sigma_next`` stands for: ``(sigma^2 - sigma_next^2) / (beta(t) (1 + sigma^2))`` with
+    ``t = t(sigma)``, since one DDPM step at ``sigma_k`` is ``sigma_k^2 - sigma_{k-1}^2 = beta_k (1 +
+    sigma_k^2)``. Exactly 1 (to rounding) for every step of the 1000-step grid; about 1000 / steps on
+    a respaced one; it follows the density of any other grid (Karras, uniform)."""
+    sched = DDPMSchedule(timesteps=timesteps)
+    t = float(sched.t(torch.tensor(sigma, dtype=torch.float64)))
+    beta = 1e-4 + t / (timesteps - 1) * (0.02 - 1e-4)
+    return (sigma ** 2 - sigma_next ** 2) / (beta * (1 + sigma ** 2))
+
+
+def check_weight_rule(who: str, field: str, rule: str, weight) -> None:
+    """``ConfigError`` unless ``rule`` is one of ``WEIGHT_RULES`` and ``weight`` a number or ``"auto"``."""
+    if rule not in WEIGHT_RULES:
+        raise ConfigError(f"{who}: {field}_rule must be one of {', '.join(WEIGHT_RULES)}, got {rule!r}")
+    if isinstance(weight, str) and weight != "auto":
+        raise ConfigError(f"{who}: {field} must be a number or 'auto', got {weight!r}")
+
+
+def polyak_weight(problem, denoised: torch.Tensor, grad: torch.Tensor, fraction: float, norm: str = "l2") -> torch.Tensor:
+    """Per-sample guidance weight of the automatic rule (``zeta="auto"``): the Polyak step
+    ``fraction * max(f - f*, 0) / ||g||^2`` for ``f = ||r||`` (``norm="l2"``, ``f* = sigma_y sqrt(m)``)
+    or ``f = ||r||^2`` (``"l2sq"``, ``f* = m sigma_y^2``), with ``r = y - forward(x0_hat)`` (``m`` its
+    real entries) and ``g = grad_x f``: the step along ``-g`` that brings the linearised residual
+    down to the noise level in one step (``fraction = 1``) and never below it. It is invariant to
+    rescaling the operator and ``y`` together, so it needs no tuning per operator.
+    Shape ``(N, 1, ..., 1)``, broadcastable against ``grad``."""
+    with torch.no_grad():
+        r = problem.residual(denoised).reshape(denoised.shape[0], -1)
+        r = torch.view_as_real(r).reshape(r.shape[0], -1) if r.is_complex() else r
+        sq, m = r.pow(2).sum(1), r.shape[1]
+        s2 = float(problem.sigma_y) ** 2
+        excess = (sq.sqrt() - math.sqrt(s2 * m) if norm == "l2" else sq - s2 * m).clamp(min=0)
+        g2 = grad.reshape(grad.shape[0], -1).pow(2).sum(1)
+        weight = fraction * excess / g2.clamp(min=torch.finfo(g2.dtype).tiny)
+    return weight.to(grad.dtype).reshape(-1, *([1] * (grad.dim() - 1)))
+
+
+def guidance_weight(problem, denoised: torch.Tensor, grad: torch.Tensor, weight, rule: str, sigma: float,
+                    sigma_next: float, vp_scaling: bool = True, norm: str = "l2", fraction: float = 1.0,
+                    unit: float = 1.0):
+    """The multiplier ``w`` of a DPS-type step ``x <- x - w * grad`` (DPS's zeta, MCG's alpha).
+
+    - ``weight="auto"``: the per-sample Polyak step ``polyak_weight`` (``fraction`` of it);
+    - ``rule="per-step"``: ``weight * unit * v`` at every step (the official codes' rule), with
+      ``v = sqrt((1 + sigma^2)(1 + sigma_next^2))`` when ``vp_scaling`` (official VP weights);
+    - ``rule="spanned"``: the same times ``ddpm_steps_spanned(sigma, sigma_next)``, the official
+      1000-step DDPM steps this step stands for (1 on that grid), capped per sample at one Polyak
+      step, so a coarse grid takes the official total guidance without stepping past the noise level.
+    """
+    if weight == "auto":
+        return polyak_weight(problem, denoised, grad, fraction, norm)
+    w = weight * unit * (math.sqrt((1 + sigma ** 2) * (1 + sigma_next ** 2)) if vp_scaling else 1.0)
+    if rule == "per-step":
+        return w
+    w *= ddpm_steps_spanned(sigma, sigma_next)
+    return polyak_weight(problem, denoised, grad, 1.0, norm).clamp(max=w)
+
+
 def model_clip(prior, problem):
     """A function clamping model-space values to the prior's physical range (or None)."""
     rng = getattr(prior.card, "physical_range", None)
