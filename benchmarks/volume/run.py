@@ -72,9 +72,9 @@ def volume(seed: int, depth: int = 64) -> torch.Tensor:
     return v[:, :, start:start + depth]
 
 
-def measure(physics, truth, seed: int = 1):
+def measure(physics, truth, seed: int = 1, sigma: float = SIGMA_Y):
     clean = physics.A(truth)
-    return clean + SIGMA_Y * torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
+    return clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
 
 
 def plane_scores(truth: torch.Tensor, estimate: torch.Tensor) -> dict:
@@ -89,9 +89,9 @@ def plane_scores(truth: torch.Tensor, estimate: torch.Tensor) -> dict:
     return out
 
 
-def tv3d(physics, y, lam: float, iterations: int = 100, rho: float = 1.0) -> torch.Tensor:
-    """Anisotropic 3D TV least squares by ADMM (CG 5 inner steps), physical units, from FBP."""
-    x = physics.fbp(y).clamp(0, 1)
+def tv3d(physics, y, lam: float, iterations: int = 100, rho: float = 1.0, x0: torch.Tensor | None = None) -> torch.Tensor:
+    """Anisotropic 3D TV least squares by ADMM (CG 5 inner steps), physical units, from ``x0`` (default FBP)."""
+    x = physics.fbp(y).clamp(0, 1) if x0 is None else x0.clone()
     state = TVState()
 
     def normal(v):
@@ -120,19 +120,7 @@ def table(args) -> None:
     rows = []
 
     def cached(name, compute):
-        path = cache / (name.replace(" ", "_").replace("/", "-").replace("(", "").replace(")", "").replace(",", "") + ".json")
-        if path.exists():
-            row = json.loads(path.read_text())
-        else:
-            start = time.perf_counter()
-            estimate, nfe, seconds, config = compute()
-            seconds = seconds if seconds is not None else time.perf_counter() - start
-            row = {"method": name, "nfe": nfe, "seconds": round(seconds, 1), **plane_scores(truth, estimate),
-                   "config": config}
-            path.write_text(json.dumps(row, indent=1))
-        print(f"{name:28s} " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith(("psnr", "ssim")))
-              + f" nfe={row['nfe']} s={row['seconds']}", flush=True)
-        rows.append(row)
+        rows.append(cached_row(cache, name, truth, compute))
 
     cached("fbp", lambda: (physics.fbp(y), 0, None, {}))
     lam = choose_tv3d(physics)
@@ -142,7 +130,27 @@ def table(args) -> None:
             continue
         cached(name, lambda s=sampler, p=preset, o=overrides: run_sampler(s, p, o, prior, problem))
     write(rows, args, "results", f"64x64x64 held-out volume (seed {VOLUME_HELDOUT_SEED}), 8-view parallel-beam CT "
-                                 f"per slice, sigma_y={SIGMA_Y}, sampler seed {SEED}, chunk {CHUNK}")
+                                 f"per slice, sigma_y={SIGMA_Y}, sampler seed {SEED}, chunk {CHUNK}", section=LEGACY_SECTION)
+
+
+def cached_row(cache: Path, name: str, truth: torch.Tensor, compute) -> dict:
+    """The table row of method ``name``: read from ``cache``, or computed (``compute() -> (estimate, nfe,
+    seconds or None, config)``, scored by ``plane_scores``) and written there atomically (a resumable run)."""
+    path = cache / (name.replace(" ", "_").replace("/", "-").replace("(", "").replace(")", "").replace(",", "") + ".json")
+    if path.exists():
+        row = json.loads(path.read_text())
+    else:
+        start = time.perf_counter()
+        estimate, nfe, seconds, config = compute()
+        seconds = seconds if seconds is not None else time.perf_counter() - start
+        row = {"method": name, "nfe": nfe, "seconds": round(seconds, 1), **plane_scores(truth, estimate),
+               "config": config}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(row, indent=1))
+        os.replace(tmp, path)
+    print(f"{name:28s} " + " ".join(f"{k}={v:.3f}" for k, v in row.items() if k.startswith(("psnr", "ssim")))
+          + f" nfe={row['nfe']} s={row['seconds']}", flush=True)
+    return row
 
 
 def choose_tv3d(physics) -> float:
@@ -324,21 +332,71 @@ def memory_figure(rows) -> None:
     fig.savefig(HERE / "memory.png")
 
 
-def write(rows, args, stem: str, what: str) -> None:
+SECTION_OPEN, SECTION_CLOSE = "<!-- section: {} -->", "<!-- /section -->"
+LEGACY_SECTION = "ct-phantom"  # rows of results.csv written before it had a ``section`` column: the CT table
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _md_parts(path: Path) -> tuple[str, dict]:
+    """The unmarked top of a results file and its marked sections, in order."""
+    text = path.read_text() if path.exists() else ""
+    top, *blocks = text.split(SECTION_OPEN.split("{}")[0])
+    sections = {}
+    for block in blocks:
+        name, _, body = block.partition(" -->\n")
+        sections[name] = body.split(SECTION_CLOSE)[0].rstrip("\n")
+    return top.rstrip("\n"), sections
+
+
+def write(rows, args, stem: str, what: str, section: str | None = None, title: str | None = None) -> None:
+    """``stem.csv`` and ``stem.md``. With ``section``, the CSV keeps the other sections' rows (a ``section``
+    column); with ``title`` as well, the markdown is a marked section ``## title`` of ``stem.md``, replaced in
+    place or appended, and the file's unmarked top (the CT table) is kept; without ``title`` the top is
+    rewritten and the marked sections are kept."""
     keys = [k for k in rows[0] if k != "config"]
-    with open(HERE / f"{stem}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+    csv_path = HERE / f"{stem}.csv"
+    out_rows, fields = rows, keys
+    if section is not None:
+        kept = []
+        if csv_path.exists():
+            with open(csv_path, newline="") as f:
+                kept = [r for r in csv.DictReader(f) if (r.get("section") or LEGACY_SECTION) != section]
+            for r in kept:
+                r.setdefault("section", LEGACY_SECTION)
+        out_rows = kept + [{"section": section, **r} for r in rows]
+        fields = ["section"] + list(dict.fromkeys(k for r in out_rows for k in r if k not in ("section", "config")))
+    with open(csv_path.with_name(f".{csv_path.name}.tmp"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(out_rows)
+    os.replace(csv_path.with_name(f".{csv_path.name}.tmp"), csv_path)
     machine = f"{platform.processor() or platform.machine()}, {platform.system()}, torch {torch.__version__}, " \
               f"{torch.get_num_threads()} thread(s)"
-    lines = [f"# benchmarks/volume {stem}", "", what, "", f"Machine: {machine}", "",
-             f"Command: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/volume/run.py {' '.join(sys.argv[1:])}`", "",
+    script = Path(sys.argv[0]).name
+    lines = [f"## {title}" if title else f"# benchmarks/volume {stem}", "", what, "", f"Machine: {machine}", "",
+             f"Command: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/volume/{script} {' '.join(sys.argv[1:])}`", "",
              "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for r in rows:
         lines.append("| " + " | ".join(f"{r[k]:.3f}" if isinstance(r[k], float) and k.startswith(("psnr", "ssim"))
                                        else str(r[k]) for k in keys) + " |")
-    (HERE / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_markdown(stem, "\n".join(lines), section if title else None)
+
+
+def write_markdown(stem: str, text: str, section: str | None = None) -> None:
+    """Replace the unmarked top (``section=None``) or the marked ``section`` of ``stem.md``."""
+    path = HERE / f"{stem}.md"
+    top, sections = _md_parts(path)
+    if section is None:
+        top = text
+    else:
+        sections[section] = text
+    blocks = [top] + [f"{SECTION_OPEN.format(name)}\n{body}\n{SECTION_CLOSE}" for name, body in sections.items()]
+    _atomic_text(path, "\n\n".join(b for b in blocks if b) + "\n")
 
 
 def main() -> None:
