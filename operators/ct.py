@@ -48,9 +48,12 @@ other's autograd backward, so both are differentiable to any order (and ``torch.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
+import numpy as np
 import torch
+from scipy import sparse
 from deepinv.physics import LinearPhysics
 from torch.nn import functional as F
 
@@ -170,7 +173,6 @@ def _image_shape(img_size: int | Sequence[int]) -> tuple[int, int]:
 
 def _snap(pos):
     """Coordinates within 1e-9 pixel of an integer, set to it (numpy)."""
-    import numpy as np
 
     near = np.rint(pos)
     return np.where(np.abs(pos - near) < 1e-9, near, pos)
@@ -180,7 +182,6 @@ def _joseph_entries(start, step, weight, rows, index, height, width):
     """Pixel indices and weights (numpy, (views, rays, samples, 2); weight 0 where a pixel is outside
     the image) of Joseph's rays: sample t lies on row (column) t and interpolates linearly between
     the two pixels of that row (column) around it. ``start``/``step`` in pixel coordinates."""
-    import numpy as np
 
     across = np.where(rows, start[..., 0], start[..., 1])[..., None]   # coordinate across the stepping axis
     slope = np.where(rows, step[..., 0], step[..., 1])[..., None]
@@ -207,7 +208,6 @@ def _joseph_entries(start, step, weight, rows, index, height, width):
 def _bilinear_entries(start, step, weight, index, height, width):
     """Pixel indices and weights (numpy, (views, rays, samples, 4)) of rays sampled at any points:
     bilinear interpolation between the four pixels around each sample, 0 outside the image."""
-    import numpy as np
 
     pos = _snap(start[:, :, None, :] + index[None, None, :, None] * step[:, :, None, :])   # (v, r, s, 2)
     base = np.floor(pos)
@@ -473,8 +473,6 @@ class RayTransform(LeastSquaresDagger, LinearPhysics):
         an integer are snapped to it, so Joseph's samples (on a row or column centre by
         construction) have two neighbours, not four with weights of ~1e-16. Built with numpy one
         or a few views at a time (arrays that stay in cache)."""
-        import numpy as np
-        from scipy import sparse
 
         height, width = self.img_shape
         views, rays = self.sinogram_shape
@@ -521,7 +519,6 @@ class RayTransform(LeastSquaresDagger, LinearPhysics):
                 parts = [(torch.from_numpy(indptr).to(device), torch.from_numpy(indices).to(device),
                           torch.from_numpy(data).to(device, dtype)) for indptr, indices, data in self._build_sparse()]
             self._sparse_cache[key] = parts
-        import warnings
 
         pixels, (views, rays) = self.img_shape[0] * self.img_shape[1], self.sinogram_shape
         with warnings.catch_warnings():
