@@ -12,15 +12,23 @@ from __future__ import annotations
 
 import torch
 
+from operators.blackbox import black_box as as_black_box
+
 from .metrics import sliced_wasserstein
+from .problem import Problem
 from .samplers import sample
 
 
-def exactness_report(method: str, prior, problem, n: int = 1000, seed: int = 0, **overrides) -> dict:
+def exactness_report(method: str, prior, problem, n: int = 1000, seed: int = 0, black_box: bool = False,
+                     **overrides) -> dict:
+    """The figures above for ``method`` on ``problem``; ``black_box``: the sampler sees the operator only as
+    a function (``operators.blackbox.black_box``: no gradient, no adjoint), the exact posterior its matrix."""
     exact_post = prior.posterior(problem)
     exact = exact_post.sample(n, torch.Generator().manual_seed(seed + 1))
     exact2 = exact_post.sample(n, torch.Generator().manual_seed(seed + 2))
     prior_draws = prior.sample(n, torch.Generator().manual_seed(seed + 3))
+    if black_box:
+        problem = Problem(as_black_box(problem.physics), problem.y, sigma_y=problem.sigma_y)
     post = sample(method, prior, problem, n_samples=n, generator=torch.Generator().manual_seed(seed), **overrides)
     draws = post.samples[:, 0].to(torch.float64)
 

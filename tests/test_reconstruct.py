@@ -36,11 +36,15 @@ def run(capsys, *argv):
 
 def test_simulate_writes_outputs_and_record_reproduces_bit_identically(tmp_path, phantom, capsys, single_thread):
     out = tmp_path / "recon"
-    code, _, err = run(capsys, "reconstruct", phantom, "--simulate", "ct-sparse8", "--sigma-y", "0.1", "--out", out, *FAST)
+    # 25 steps: the fewest at which the default DPS preset is expected to beat FBP on a held-out phantom
+    # (3-10 steps of the spanned rule fall below FBP on 8-view CT: docs/samplers.md, DPS guidance)
+    code, _, err = run(capsys, "reconstruct", phantom, "--simulate", "ct-sparse8", "--sigma-y", "0.1", "--out", out,
+                       "--steps", "25", "--samples", "2", "--quiet")
     assert code == 0, err
     assert {"mean.npy", "std.npy", "reconstruction.png", "record.json", MARKER} <= {p.name for p in out.iterdir()}
     record = json.loads((out / "record.json").read_text())
-    assert record["nfe"] == 3 and record["fit"]["fits"] and record["metrics"]["psnr_mean"] > 10
+    assert record["nfe"] == 25 and record["fit"]["fits"]
+    assert record["metrics"]["psnr_mean"] > record["metrics"]["psnr_classical"] + 2
     assert record["config"]["operator_params"] == {} and record["input"]["window"][1] > record["input"]["window"][0]
     again = tmp_path / "again"
     code, _, err = run(capsys, "reconstruct", "--config", out / "record.json", "--out", again, "--quiet")

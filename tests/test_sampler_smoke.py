@@ -56,6 +56,8 @@ SMALL = {
     "mcgdiff": (dict(steps=3, particles=2), 6),
     "fps": (dict(steps=3, particles=2), 6),
     "tds": (dict(steps=3, particles=2), 6),
+    # issue 16 EnKG: 4 members x (6 Euler steps + 2 updates x inner ODE steps 2+2+1+1+1 at levels 1..5)
+    "enkg": (dict(steps=6, particles=4), 80),
 }
 # samplers that need linear physics (issue 6: MCG projects; DiffPIR, PiGDM, DMPS use closed forms;
 # issue 15: DDRM works in the SVD basis, DDNM projects)
@@ -65,7 +67,7 @@ LINEAR_ONLY = {"mcg", "diffpir", "pigdm", "dmps", "ddrm", "ddnm", "dds", "diffus
 # must raise a PhysicsError naming an alternative ('ddnm') for operators that have none here
 SVD_ONLY = {"ddrm", "mcgdiff"}  # mcgdiff names 'fps' / 'tds'
 # samplers that run on any physics
-GENERAL = {"dps", "reddiff", "daps", "flowdps", "tpdm", "tds"}
+GENERAL = {"dps", "reddiff", "daps", "flowdps", "tpdm", "tds", "enkg"}
 SIGMA_Y = 0.01
 
 

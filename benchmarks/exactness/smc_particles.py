@@ -14,6 +14,12 @@ requested grid.
 
     .venv/bin/python benchmarks/exactness/smc_particles.py [--samplers mcgdiff fps tds]
         [--particles 1 4 16 64 256] [--steps 200] [--schedule karras] [--samples 1000] [--seed 0] [--report-only]
+
+``--black-box`` runs the samplers on the operator called as a function only
+(``exactness_report(black_box=True)``: the derivative-free EnKG), ``--name`` names the report files:
+
+    .venv/bin/python benchmarks/exactness/smc_particles.py --samplers enkg --black-box --steps 80 \
+        --particles 4 16 64 256 --samples 200 --name enkg_particles
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ def compute(args, cache: Path) -> None:
                     continue
                 problem = measure(gm, linear_problems()[name], sigma_y)
                 r = exactness_report(method, gm, problem, n=args.samples, seed=args.seed, particles=particles,
-                                     steps=args.steps, schedule=args.schedule)
+                                     steps=args.steps, schedule=args.schedule, black_box=args.black_box)
                 row = {"sampler": method, "problem": name, "sigma_y": sigma_y, "particles": particles, **r}
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(row))
@@ -66,16 +72,17 @@ def report(args, cache: Path, out: Path) -> None:
             if (p := row_path(cache, m, name, s, k)).exists()]
     if not rows:
         return
-    stem = out / "smc_particles"
+    stem = out / args.name
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     command = (f".venv/bin/python benchmarks/exactness/smc_particles.py --samplers {' '.join(args.samplers)} "
                f"--particles {' '.join(map(str, args.particles))} --steps {args.steps} --schedule {args.schedule} "
-               f"--samples {args.samples} --seed {args.seed}")
+               f"--samples {args.samples} --seed {args.seed}" + (" --black-box" if args.black_box else "")
+               + ("" if args.name == "smc_particles" else f" --name {args.name}"))
     lines = [
-        "# SMC samplers: exactness vs particles",
+        f"# {', '.join(args.samplers)}: exactness vs particles" + (" (operator called as a black box)" if args.black_box else ""),
         "",
         f"Machine: {platform.machine()} {platform.processor() or ''} CPU, 1 thread per process, torch {torch.__version__}; "
         f"command: `{command}` (rows cached in cache/smc/ may come from earlier or parallel invocations of the same "
@@ -131,10 +138,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(HERE))
     parser.add_argument("--report-only", action="store_true", help="write the report from cached rows only")
+    parser.add_argument("--black-box", action="store_true", help="the operator as a function only (derivative-free samplers)")
+    parser.add_argument("--name", default="smc_particles", help="stem of the report files")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
-    cache = out / "cache" / "smc" / f"steps{args.steps}-{args.schedule}-samples{args.samples}-seed{args.seed}"
+    cache = out / "cache" / "smc" / (f"steps{args.steps}-{args.schedule}-samples{args.samples}-seed{args.seed}"
+                                     + ("-blackbox" if args.black_box else ""))
     cache.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         compute(args, cache)

@@ -85,6 +85,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(HERE))
     parser.add_argument("--report", action="store_true", help="only rewrite results.md / results.csv / PNGs from the cache")
+    parser.add_argument("--import-csv", default=None, metavar="CSV",
+                        help="first store the cells of a committed results.csv that the cache lacks (the cache is not "
+                             "committed: a fresh checkout resumes from the committed table)")
     args = parser.parse_args(argv)
     quick = dict(nfe=list(QUICK_NFES), phantoms=1, samples=2, exact_samples=200)
     full = dict(nfe=list(NFES), phantoms=2, samples=4, exact_samples=1000)
@@ -241,31 +244,29 @@ def tv_lambda(task: str, size: int, args) -> tuple[float, dict]:
     return known[task]["lam"], known[task]["grid"]
 
 
+def baseline_label(task: str, which: str) -> str:
+    return "TV" if which == "TV" else "FBP" if task == "ct" else "pseudo-inverse"
+
+
 def baseline_cell(task: str, which: str, setup: dict, args) -> dict:
     """FBP / pseudo-inverse or TV (weight chosen on training-seed phantoms, not timed) on the held-out set."""
     physics, y = setup["physics"], setup["y"]
     if which == "classical":
-        config = {"name": "FBP" if task == "ct" else "pseudo-inverse"}
+        config = {"name": baseline_label(task, which)}
         x, wall, cpu = timed(lambda: phantom.classical(task, physics, y).clamp(0, 1))
     else:
         lam, grid = tv_lambda(task, setup["prior"].shape[-1], args)
-        config = {"name": "TV", "lam": lam, "grid_psnr_training_seed": grid}
+        config = {"name": baseline_label(task, which), "lam": lam, "grid_psnr_training_seed": grid}
         x, wall, cpu = timed(lambda: tv(physics, y, lam=lam, iterations=150))
     return {**image_scores(setup["truth"], x), "nfe": 0, "seconds": wall, "cpu_seconds": cpu, "config": config}
 
 
 def image_plan(name: str, task: str, nfe: int) -> dict:
-    """The task's preset where sampler ``name`` has one, and the budget's overrides. ``nfe_overrides``
-    divides the budget by a particle sampler's default particle count; where the preset sets another
-    count, the steps are the budget divided by the preset's count instead."""
-    cls = iv.samplers.get(name)
-    presets = getattr(cls, "PRESETS", {})
+    """The task's preset where sampler ``name`` has one, and the budget's overrides
+    (``nfe_overrides``, splitting a particle sampler's budget from the preset's particle count)."""
+    presets = getattr(iv.samplers.get(name), "PRESETS", {})
     preset = phantom.TASKS[task]["preset"] if phantom.TASKS[task]["preset"] in presets else None
-    overrides = iv.samplers.nfe_overrides(name, nfe)
-    particles = presets.get(preset, {}).get("particles")
-    if particles is not None and set(overrides) == {"steps"} and getattr(cls, "for_nfe", None) is None:
-        overrides = {"steps": max(1, int(nfe) // particles)}
-    return {"preset": preset, "overrides": overrides}
+    return {"preset": preset, "overrides": iv.samplers.nfe_overrides(name, nfe, presets.get(preset, {}).get("particles"))}
 
 
 def sampler_cell(name: str, plan: dict, setup: dict, args) -> dict:
@@ -310,6 +311,35 @@ def try_setup(task: str, args) -> dict | None:
 
 
 # ---------------------------------------------------------------- report
+
+def import_csv(path: Path, cache: Path) -> int:
+    """Store every cell of ``path`` (a results.csv this script wrote) that ``cache`` lacks; returns how many.
+    The CSV leaves out the per-image lists and tracebacks; everything the report and the plan check read
+    is there (empty fields are dropped, ``preset`` '' is None, ``overrides`` is JSON)."""
+    added = 0
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            budget = int(raw["budget"]) if raw["budget"] else None
+            target = cell_path(cache, raw["task"], raw["method"], budget)
+            if target.exists():
+                continue
+            row = {"task": raw["task"], "method": raw["method"], "budget": budget}
+            for key, value in raw.items():
+                if key in row or value == "":
+                    continue
+                if key == "overrides":
+                    row[key] = json.loads(value)
+                    continue
+                try:
+                    row[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+                except ValueError:
+                    row[key] = value
+            if "overrides" in row:
+                row.setdefault("preset", None)
+            write_atomic(target, row)
+            added += 1
+    return added
+
 
 def load_cells(cache: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(cache.glob("*.json"))]
@@ -356,7 +386,7 @@ def image_section(rows: list[dict], task: str, args) -> list[str]:
              "|---|" + "---|" * len(args.nfe)]
     for which in BASELINES:
         r = pick(rows, task, which, None)
-        label = r["config"]["name"] if r else which
+        label = baseline_label(task, which)
         cell = "not run" if r is None else f"{r['psnr']:.2f} / {r['ssim']:.3f} ({secs(r['cpu_seconds'])})"
         lines.append(f"| {label} (no NFE) | " + " | ".join([cell] * len(args.nfe)) + " |")
     for name in args.samplers:
@@ -406,8 +436,8 @@ def header(rows: list[dict], args, cache: Path) -> list[str]:
     budgets = (
         "Budgets become hyperparameters through `iv.samplers.nfe_overrides(name, nfe)`; the NFE in brackets is the "
         "one the sampler reports (`Posterior.nfe`: denoiser evaluations per posterior sample, particles included "
-        "for the SMC samplers mcgdiff / fps / tds, whose small budgets can be exceeded: at least one step of all "
-        "particles). Seconds: CPU seconds (`time.process_time`, 1 torch thread) of the sampler call (or of the TV / "
+        "for the SMC samplers mcgdiff / fps / tds: steps x particles, the preset's particles while the budget buys "
+        "20 steps of them, else 20 steps of fewer particles). Seconds: CPU seconds (`time.process_time`, 1 torch thread) of the sampler call (or of the TV / "
         "FBP solve); the machine was shared with other jobs, so wall seconds (results.csv) were up to several "
         "times longer and vary with the load. 'not run': no cached cell yet; "
         "'n/a': the sampler refuses the operator (`PhysicsError`, e.g. it "
@@ -495,7 +525,7 @@ def plot_image_task(plt, rows, task, args, path: Path) -> None:
         for which, color in zip(BASELINES, ("grey", "black")):
             r = pick(rows, task, which, None)
             if r is not None:
-                ax.axhline(r["psnr"], color=color, ls=":", label=r["config"]["name"])
+                ax.axhline(r["psnr"], color=color, ls=":", label=baseline_label(task, which))
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
@@ -543,6 +573,8 @@ def main(argv=None) -> int:
     cache = out / "cache" / settings_name(args)
     cache.mkdir(parents=True, exist_ok=True)
     cells = Cells(cache, args)
+    if args.import_csv:
+        print(f"imported {import_csv(Path(args.import_csv), cache)} cells from {args.import_csv}", flush=True)
     if not args.report:
         if "exactness" in args.tasks:
             run_exactness(cells, args)

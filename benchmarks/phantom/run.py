@@ -118,14 +118,11 @@ def planned_nfe(name: str, preset: str | None) -> int:
 
 def nfe_cap_overrides(name: str, preset: str | None, cap: int) -> dict:
     """Overrides giving ``min(planned_nfe, cap)`` evaluations: none when the preset is within the
-    cap, else ``nfe_overrides(name, cap)`` (a particle sampler keeps the preset's particle count)."""
+    cap, else ``nfe_overrides(name, cap)`` (a particle sampler splits the cap from the preset's
+    particle count)."""
     if planned_nfe(name, preset) <= cap:
         return {}
-    overrides = iv.samplers.nfe_overrides(name, cap)
-    particles = getattr(iv.samplers.configure(name, preset), "particles", None)
-    if particles is not None:
-        overrides["steps"] = max(1, int(cap) // particles)
-    return overrides
+    return iv.samplers.nfe_overrides(name, cap, getattr(iv.samplers.configure(name, preset), "particles", None))
 
 
 def task_preset(name: str, task: str) -> str | None:

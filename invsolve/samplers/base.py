@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from operators.errors import ConfigError, UnknownNameError, UnknownOptionError, closest_first
+from operators.errors import ConfigError, PhysicsError, UnknownNameError, UnknownOptionError, closest_first
 
 from .toolkit import Generator, StateShape
 
@@ -135,20 +135,30 @@ def check_values(cls, name: str, params: dict) -> None:
                 raise ConfigError(f"{name}: hyperparameter {f.name} must be finite, got {value}")
 
 
-def nfe_overrides(name: str, nfe: int) -> dict:
+def nfe_overrides(name: str, nfe: int, particles: int | None = None) -> dict:
     """Hyperparameter overrides giving sampler ``name`` about ``nfe`` denoiser evaluations.
 
     A sampler whose NFE is not its ``steps`` field defines ``for_nfe(nfe) -> dict``
     (e.g. DAPS splits the budget into annealing levels x ODE steps). A particle sampler
-    (a ``particles`` field) keeps its default particle count and takes ``nfe // particles``
-    steps, since every step evaluates every particle.
+    (a ``particles`` field; every step evaluates every particle) keeps its particle count ``K``
+    (``particles``, default the sampler's default, e.g. a preset's) while the budget allows ``MIN_PARTICLE_STEPS`` steps of them, and takes
+    ``nfe // K`` steps; below that it keeps ``min(nfe, MIN_PARTICLE_STEPS)`` steps and cuts the
+    particles to ``nfe // steps`` (at least 1), so a small budget never becomes a single step.
     """
     cls = get(name)
     for_nfe = getattr(cls, "for_nfe", None)
     if for_nfe is not None:
         return dict(for_nfe(nfe))
-    particles = getattr(cls, "particles", 1)
-    return {"steps": max(1, int(nfe) // particles)}
+    nfe = max(1, int(nfe))
+    if not hasattr(cls, "particles"):
+        return {"steps": nfe}
+    particles = int(particles if particles is not None else cls.particles)
+    steps = max(nfe // particles, min(nfe, MIN_PARTICLE_STEPS))
+    return {"steps": steps, "particles": max(1, min(particles, nfe // steps))}
+
+
+# the fewest steps a particle sampler's budget buys before its particles are cut (nfe_overrides)
+MIN_PARTICLE_STEPS = 20
 
 
 class CountingPrior:
@@ -182,6 +192,18 @@ class CountingPrior:
         return getattr(self.prior, name)
 
 
+def require_physics_access(name: str, sampler, view) -> None:
+    """``PhysicsError`` when the physics is a black box (``operators.blackbox.BlackBox``: forward
+    evaluations only) and the sampler needs more (gradients, adjoints, an SVD): every sampler but
+    the ``derivative_free`` ones."""
+    black = any(getattr(p, "black_box", False) for p in (view.physics, view.problem.physics))
+    if black and not getattr(type(sampler), "derivative_free", False):
+        free = sorted(n for n in names() if getattr(get(n), "derivative_free", False))
+        raise PhysicsError(f"sampler {name!r} needs gradients or adjoints of the forward model, and "
+                           f"{type(view.problem.physics).__name__} is a black box (forward evaluations only); "
+                           f"use a derivative-free sampler: {', '.join(free)}")
+
+
 def sample(name: str, prior, problem, n_samples: int = 1, generator: Generator = None,
            preset: str | None = None, callback: Callable[[dict], None] | None = None, **overrides) -> Posterior:
     """Draw ``n_samples`` posterior samples for every measurement of ``problem``.
@@ -196,6 +218,7 @@ def sample(name: str, prior, problem, n_samples: int = 1, generator: Generator =
         raise ConfigError(f"got {len(generator)} generators for n_samples={n_samples}; pass one per draw or a single one")
     sampler = configure(name, preset, **overrides)
     view = prior.model_problem(problem)
+    require_physics_access(name, sampler, view)
     x_shape = StateShape((n_samples * view.batch, *view.x_shape), dtype=view.dtype)
     counted = CountingPrior(prior, rows=x_shape[0])
     start = time.perf_counter()

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from operators.errors import ConfigError
+
 from .base import register
 from .toolkit import (ancestral_step, check_weight_rule, guidance_weight, guided_denoise, model_clip, randn, report, sigma_grid,
                       step_noise)
@@ -51,6 +53,8 @@ class DPS:
         guidance does not depend on ``steps`` or ``schedule``) or ``"per-step"`` (the official
         code's rule: ``zeta`` at every step of whatever grid).
     :param auto_fraction: fraction of the Polyak step taken with ``zeta="auto"``.
+    :param spanned_cap: the spanned rule's cap, as a fraction of the Polyak step (0.5: chosen on
+        training phantoms over 1, the full step, and 0.25; ``benchmarks/phantom/tune_guidance.md``).
     :param norm: ``"l2"`` (official, non-squared residual norm) or ``"l2sq"``.
     :param schedule: ``"ddpm"`` (official linear-beta grid) or ``"karras"`` (EDM grid, better
         for fewer steps).
@@ -63,6 +67,7 @@ class DPS:
     zeta: float | str = 1.0
     zeta_rule: str = "spanned"
     auto_fraction: float = 1.0
+    spanned_cap: float = 0.5
     norm: str = "l2"
     schedule: str = "ddpm"
     clip_denoised: bool = True
@@ -88,6 +93,8 @@ class DPS:
 
     def __post_init__(self):
         check_weight_rule("dps", "zeta", self.zeta_rule, self.zeta)
+        if not 0 < self.spanned_cap <= 1:
+            raise ConfigError(f"dps: spanned_cap must be in (0, 1], got {self.spanned_cap}")
 
     def run(self, prior, problem, x_shape, generator, callback=None):
         sigmas = sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()
@@ -96,7 +103,7 @@ class DPS:
         for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
             denoised, grad = guided_denoise(prior, problem, x, sigma, self.norm, clip)
             zeta = guidance_weight(problem, denoised, grad, self.zeta, self.zeta_rule, sigma, sigma_next, self.vp_scaling,
-                                   self.norm, self.auto_fraction)
+                                   self.norm, self.auto_fraction, cap=self.spanned_cap)
             x = ancestral_step(x, denoised, sigma, sigma_next, step_noise(x, generator, sigma_next)) - zeta * grad
             report(callback, i, len(sigmas) - 1, sigma, x, denoised)
         return x.detach()

@@ -296,15 +296,16 @@ def polyak_weight(problem, denoised: torch.Tensor, grad: torch.Tensor, fraction:
 
 def guidance_weight(problem, denoised: torch.Tensor, grad: torch.Tensor, weight, rule: str, sigma: float,
                     sigma_next: float, vp_scaling: bool = True, norm: str = "l2", fraction: float = 1.0,
-                    unit: float = 1.0):
+                    unit: float = 1.0, cap: float = 1.0):
     """The multiplier ``w`` of a DPS-type step ``x <- x - w * grad`` (DPS's zeta, MCG's alpha).
 
     - ``weight="auto"``: the per-sample Polyak step ``polyak_weight`` (``fraction`` of it);
     - ``rule="per-step"``: ``weight * unit * v`` at every step (the official codes' rule), with
       ``v = sqrt((1 + sigma^2)(1 + sigma_next^2))`` when ``vp_scaling`` (official VP weights);
     - ``rule="spanned"``: the same times ``ddpm_steps_spanned(sigma, sigma_next)``, the official
-      1000-step DDPM steps this step stands for (1 on that grid), capped per sample at one Polyak
-      step, so a coarse grid takes the official total guidance without stepping past the noise level.
+      1000-step DDPM steps this step stands for (1 on that grid), capped per sample at ``cap`` times
+      the Polyak step, so a coarse grid takes the official total guidance without stepping past the
+      noise level (``cap < 1``: a damped step, for where the linearisation through the denoiser is poor).
     """
     if weight == "auto":
         return polyak_weight(problem, denoised, grad, fraction, norm)
@@ -312,7 +313,7 @@ def guidance_weight(problem, denoised: torch.Tensor, grad: torch.Tensor, weight,
     if rule == "per-step":
         return w
     w *= ddpm_steps_spanned(sigma, sigma_next)
-    return polyak_weight(problem, denoised, grad, 1.0, norm).clamp(max=w)
+    return polyak_weight(problem, denoised, grad, cap, norm).clamp(max=w)
 
 
 def model_clip(prior, problem):
