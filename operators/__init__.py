@@ -119,6 +119,12 @@ register("sr-avgpool", _builder("resolution", "AveragePooling"),
          "average-pool downsampling (DDRM SVD super-resolution), pinv = block replication, 2D or 3D; factor, dims, axes")
 register("sr4-avgpool", _builder("resolution", "AveragePooling", factor=4),
          "DDRM/RED-Diff/FlowDPS super-resolution x4: mean over 4x4 blocks")
+register("ct-transmission", _builder("transmission", "transmission_ct"),
+         "Beer-Lambert transmission CT exp(-mu P x) through astra's CPU projector, a black box (no gradient: EnKG); counts() draws Poisson data; img_size, views (32), mu, I0 (1e4)")
+register("ct-transmission-torch", _builder("transmission", "BeerLambert"),
+         "the same Beer-Lambert transmission CT on the torch projector, differentiable (DPS-type samplers); img_size, views, mu, I0")
+register("darcy", _builder("darcy", "DarcyFlow"),
+         "2D steady Darcy flow -div(a grad u) = 1, u = 0 on the boundary (scipy), field a from the image, u read at sensors; a black box; img_size, a_min, a_max, sensors")
 register("phase-retrieval", _builder("phase", "FourierPhaseRetrieval"),
          "Fourier phase retrieval |F pad(x)| (nonlinear), 2D or 3D; img_size, oversample, pad, dims, complex_input")
 register("phase-retrieval-os2", _builder("phase", "FourierPhaseRetrieval", oversample=2.0, pad=None),

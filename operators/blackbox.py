@@ -6,8 +6,9 @@ on a detached copy of ``x`` (per sample or on the whole batch, NumPy or torch) a
 of ``x``'s dtype and device. It is never differentiated: autograd through ``A`` (what DPS-type
 samplers do) raises ``PhysicsError`` at the backward pass, naming the operator and the derivative-free
 sampler to use instead (``enkg``), and ``invsolve.sample`` refuses every other sampler before it
-starts. Nothing here is linear: ``A_adjoint``/``A_dagger`` do not exist, so the samplers that need a
-linear operator refuse it too.
+starts. Nothing here is linear: there is no ``A_adjoint``, and deepinv's default ``A_dagger``
+(Gauss-Newton through autograd) stops at the same ``PhysicsError``, unless a subclass knows an
+inverse of its own.
 
 ``forward_evaluations`` counts the samples ``fn`` has been evaluated on (EnKG's cost in the
 simulator's own currency), ``reset_count()`` zeroes it.
@@ -94,9 +95,6 @@ class BlackBox(Physics):
     def A_vjp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         raise PhysicsError(f"{self.name} is a black-box forward model (BlackBox): it has no vector-Jacobian "
                            f"product. Use a derivative-free sampler ({DERIVATIVE_FREE})")
-
-    def A_dagger(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        raise PhysicsError(f"{self.name} is a black-box forward model (BlackBox): it has no pseudo-inverse")
 
     def __repr__(self) -> str:
         return f"BlackBox({self.name}, backend={self.backend}, batched={self.batched})"

@@ -8,7 +8,8 @@ and imaginary parts). Each sampler runs about 3 denoiser evaluations. Checked fo
 - finite samples (and callback states) of the right shape; the reported NFE equals the number of
   denoiser evaluations actually made per sample (counted by wrapping the prior) and the NFE the
   few-step settings ``SMALL`` should give;
-- linear-only samplers raise ``TypeError`` for nonlinear physics (phase retrieval);
+- linear-only samplers raise ``TypeError`` for nonlinear physics (phase retrieval), and every sampler
+  but the derivative-free ones (EnKG) a ``PhysicsError`` naming them for black-box physics;
 - where the method guarantees it, the residual ``||y - A(x)||`` goes down:
   MCG's final projection onto the measurement (``noise_aware=False``: a hard projection onto
   ``y`` plus the current level's noise, so ``||y - A(x)|| <~ sigma_last ||M z||``), DiffPIR's final proximal
@@ -172,6 +173,10 @@ def test_sampler_runs_on_operator(sampler, operator, dims):
     physics, prior, counter, problem = _setup(sampler, operator, dims)
     n = 2
     overrides = _overrides(sampler)
+    if getattr(physics, "black_box", False) and not getattr(iv.samplers.get(sampler), "derivative_free", False):
+        with pytest.raises(PhysicsError, match="black box.*enkg"):  # forward evaluations only (issue 16)
+            iv.sample(sampler, prior, problem, n_samples=n, generator=torch.Generator().manual_seed(1), **overrides)
+        return
     if not problem.is_linear:
         if sampler in LINEAR_ONLY:
             with pytest.raises(TypeError, match="linear"):
