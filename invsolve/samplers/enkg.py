@@ -153,7 +153,8 @@ class EnKG:
         return {"steps": 2, "particles": 2}
 
     def guided(self, i: int, n: int) -> bool:
-        return self.start * n < i < n - int(self.end * n)
+        """Step ``i`` of ``n`` is inside the guidance window (never with ``gamma = 0``: the prior's own ODE)."""
+        return self.gamma != 0 and self.start * n < i < n - int(self.end * n)
 
     def step_size(self, i: int, n: int) -> float:
         if self.lr_min_ratio > 0:
