@@ -33,6 +33,8 @@ import math
 import torch
 from deepinv.physics import LinearPhysics, Physics
 
+from .errors import PhysicsError
+
 
 def _randn_like(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device)
@@ -98,8 +100,6 @@ def vjp_vs_autograd(physics: Physics, x: torch.Tensor, generator: torch.Generato
 
 def refuses_gradient(physics: Physics, x: torch.Tensor, generator: torch.Generator) -> float:
     """0 when a backward pass through a black box's ``A`` raises ``PhysicsError``; 1 when it returns a gradient."""
-    from .errors import PhysicsError
-
     u = _point(x, generator).requires_grad_(True)
     try:
         with torch.enable_grad():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from deepinv.physics import Physics
 
+from .astra_backend import make_ct  # imports astra itself only when an astra projector is built
 from .blackbox import BlackBox
 from .ct import ParallelBeamCT
 from .errors import ConfigError
@@ -95,8 +96,6 @@ class TransmissionCT(_Counts, BlackBox):
 
     def __init__(self, img_size: int = DEFAULTS["img_size"], views: int = DEFAULTS["views"], mu: float = DEFAULTS["mu"],
                  I0: float = DEFAULTS["I0"], projector: str | None = None, **ct_params):
-        from .astra_backend import make_ct  # astra is an optional dependency (invsolve[astra])
-
         _check(mu, I0)
         astra_ct = make_ct(backend="astra", projector=projector, img_size=img_size, views=views, **ct_params)
 
