@@ -15,6 +15,18 @@ def mixture(d=16, k=3, seed=0):
     return iv.GaussianMixture(means, covs, weights / weights.sum())
 
 
+def latent_mixture(d=16, k=8, seed=0):
+    """A ``k``-dimensional latent mixture (``mixture(k)``) behind a random linear decoder to ``d`` pixels
+    (singular values between 0.5 and 2, a bias): a latent prior with an exact image-space posterior."""
+    from invsolve.priors.latent_mixture import LinearDecoderMixture
+
+    g = torch.Generator().manual_seed(seed + 100)
+    q, _ = torch.linalg.qr(torch.randn(d, k, generator=g, dtype=torch.float64))
+    r, _ = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=torch.float64))
+    weight = q @ torch.diag(torch.linspace(0.5, 2.0, k, dtype=torch.float64)) @ r
+    return LinearDecoderMixture(mixture(d=k, seed=seed), weight, 0.5 * torch.randn(d, generator=g, dtype=torch.float64))
+
+
 def matrix_physics(matrix):
     return LinearPhysics(A=lambda x: x.to(matrix.dtype) @ matrix.T, A_adjoint=lambda y: y.to(matrix.dtype) @ matrix)
 
@@ -34,13 +46,15 @@ def measure(gm, physics, sigma_y, seed=5):
     return iv.Problem(physics, y, sigma_y=sigma_y)
 
 
-def check_exactness(method, name, sigma_y, ratio=0.25, mean=0.25, nfe=None, n=1000, label=None, **overrides):
+def check_exactness(method, name, sigma_y, ratio=0.25, mean=0.25, nfe=None, n=1000, label=None, prior=None,
+                    **overrides):
     """The exactness criterion on ``linear_problems()[name]`` at ``sigma_y``: sliced-Wasserstein
     ratio <= ``ratio`` (skipped for ``None``) and posterior-mean error <= ``mean`` times the
-    prior-mean error; ``nfe``, when given, is the NFE the sampler must report. Returns the report."""
+    prior-mean error; ``nfe``, when given, is the NFE the sampler must report; ``prior``: another exact
+    prior over 16 values (default ``mixture()``, e.g. ``latent_mixture()``). Returns the report."""
     from invsolve.exactness import exactness_report
 
-    gm = mixture()
+    gm = mixture() if prior is None else prior
     problem = measure(gm, linear_problems()[name], sigma_y)
     report = exactness_report(method, gm, problem, n=n, **overrides)
     print(f"\n{label or method} exactness {name} sigma_y={sigma_y}: {report}")

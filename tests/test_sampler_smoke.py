@@ -59,6 +59,8 @@ SMALL = {
     "tds": (dict(steps=3, particles=2), 6),
     # issue 16 EnKG: 4 members x (6 Euler steps + 2 updates x inner ODE steps 2+2+1+1+1 at levels 1..5)
     "enkg": (dict(steps=6, particles=4), 80),
+    # issue 17 ReSample: 3 steps + time travel (2 + 1 evaluations) before its 2 hard data-consistency steps
+    "resample": (dict(steps=3, interval=1, travel=1, pixel_iters=2, latent_iters=2), 6),
 }
 # samplers that need linear physics (issue 6: MCG projects; DiffPIR, PiGDM, DMPS use closed forms;
 # issue 15: DDRM works in the SVD basis, DDNM projects)
@@ -68,7 +70,7 @@ LINEAR_ONLY = {"mcg", "diffpir", "pigdm", "dmps", "ddrm", "ddnm", "dds", "diffus
 # must raise a PhysicsError naming an alternative ('ddnm') for operators that have none here
 SVD_ONLY = {"ddrm", "mcgdiff"}  # mcgdiff names 'fps' / 'tds'
 # samplers that run on any physics
-GENERAL = {"dps", "reddiff", "daps", "flowdps", "tpdm", "tds", "enkg"}
+GENERAL = {"dps", "reddiff", "daps", "flowdps", "tpdm", "tds", "enkg", "resample", "dflow", "flair"}
 SIGMA_Y = 0.01
 
 

@@ -20,6 +20,7 @@ under ``benchmarks/volume/cache/`` as soon as it is computed, so an interrupted 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/volume/run.py            # the table
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/volume/run.py --tune     # the preset grid
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/volume/run.py --memory   # peak memory vs slices
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/volume/run.py --duals    # DiffusionMBIR duals vs steps
 """
 
 from __future__ import annotations
@@ -188,6 +189,35 @@ def tune(args) -> None:
             rows.append(row)
     write(rows, args, "tune", f"training-seed volume (seed {VOLUME_TUNE_SEED}), central 32 slices, 8-view CT, "
                               f"sigma_y={SIGMA_Y}; tuning grid (fewer steps for diffusionmbir/tpdm)")
+
+
+DUALS_STEPS = (30, 100, 300)
+DUALS_DEPTH = 16
+
+
+def duals(args) -> None:
+    """DiffusionMBIR's official persistent ADMM duals against duals restarted every step, at growing step
+    counts (training-seed volume, central ``DUALS_DEPTH`` slices): is the divergence of the persistent
+    duals at the preset's 30 steps a step-count effect? Same lam / rho / CG steps for both (the preset's)."""
+    cache = HERE / "cache" / "duals"
+    cache.mkdir(parents=True, exist_ok=True)
+    truth = volume(VOLUME_TUNE_SEED, DUALS_DEPTH)
+    physics = ops.make("ct", img_size=64, views=8)
+    y = measure(physics, truth, seed=7)
+    prior = SliceWisePrior(iv.load_prior("ct-phantom64"), "axial", chunk=CHUNK, depth=DUALS_DEPTH)
+    problem = iv.Problem(physics, y, sigma_y=SIGMA_Y, prior=prior)
+    rows = []
+    variants = {"restarted duals": dict(persist_duals=False), "persistent duals": dict(persist_duals=True),
+                # the official lam (0.04) with the official persistent duals: shrinkage threshold lam/rho 0.004
+                "persistent duals, lam 0.04": dict(persist_duals=True, lam=0.04)}
+    for steps in args.duals_steps:
+        for label, extra in variants.items():
+            rows.append(cached_row(cache, f"diffusionmbir steps={steps} {label}", truth, lambda st=steps, e=extra:
+                                   run_sampler("diffusionmbir", "ct-sparse8", dict(steps=st, **e), prior, problem)))
+    write(rows, args, "duals", f"training-seed volume (seed {VOLUME_TUNE_SEED}), central {DUALS_DEPTH} slices, 8-view "
+                               f"CT, sigma_y={SIGMA_Y}, sampler seed {SEED}; DiffusionMBIR preset `ct-sparse8` (lam 0.5, "
+                               "rho 10, 3 CG steps) with the official persistent duals or duals restarted every step, and persistent "
+                               "duals with the official lam 0.04")
 
 
 MEMORY_DEPTHS = (64, 128, 256)
@@ -405,6 +435,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--memory-point", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-mode", choices=MEMORY_MODES, default="denoise", help=argparse.SUPPRESS)
+    parser.add_argument("--duals", action="store_true", help="persistent vs restarted DiffusionMBIR duals")
+    parser.add_argument("--duals-steps", type=int, nargs="+", default=list(DUALS_STEPS))
     parser.add_argument("--methods", nargs="*", default=None, help="first words of METHODS names to run")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -412,6 +444,8 @@ def main() -> None:
         print(json.dumps(memory_point(args.memory_point, args.memory_mode)))
     elif args.tune:
         tune(args)
+    elif args.duals:
+        duals(args)
     elif args.memory:
         memory(args)
     else:

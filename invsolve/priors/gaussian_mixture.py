@@ -90,6 +90,11 @@ class GaussianMixture(Prior):
         problem = self.model_problem(problem)
         if not problem.is_linear:
             raise PhysicsError("the exact posterior needs linear physics (a deepinv LinearPhysics)")
+        return self.affine_posterior(problem)
+
+    def affine_posterior(self, problem) -> "GaussianMixture":
+        """The posterior for a model-space ``problem`` whose ``forward`` is affine in ``x`` (not checked:
+        ``posterior`` checks linear physics; a linear decoder composed with it is affine too)."""
         if problem.batch != 1:
             raise DataError(f"posterior() takes a problem with one measurement, got {problem.batch}")
         d = self.dim

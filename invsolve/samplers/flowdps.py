@@ -32,15 +32,9 @@ from deepinv.physics import LinearPhysics
 from operators.errors import ConfigError, PhysicsError
 
 from .base import register
-from .toolkit import denoise, model_clip, randn, report, shifted_times
+from .toolkit import denoise, image_physics, model_clip, randn, report, shifted_times
 
 LOSSES = ("residual", "adjoint", "pinv")
-
-
-def _image_physics(problem):
-    """The linear physics acting on images: a latent problem's image physics, else the problem's."""
-    physics = problem.physics
-    return getattr(physics, "image_physics", physics)
 
 
 def consistency_loss(problem, x0: torch.Tensor, loss: str) -> torch.Tensor:
@@ -52,7 +46,7 @@ def consistency_loss(problem, x0: torch.Tensor, loss: str) -> torch.Tensor:
     """
     r = problem.residual(x0)
     if loss in ("adjoint", "pinv"):
-        physics = _image_physics(problem)
+        physics = image_physics(problem)
         if not isinstance(physics, LinearPhysics):
             raise PhysicsError(f"FlowDPS loss={loss!r} needs linear physics ({type(physics).__name__} is not a "
                             "deepinv LinearPhysics); use loss='residual'")

@@ -159,6 +159,18 @@ def pf_ode_euler(prior, x: torch.Tensor, sigma: float, sigma_end: float, steps: 
     return x
 
 
+def flow_velocity(prior, z: torch.Tensor, t: float) -> torch.Tensor:
+    """``v(z, t) = (z - x0_hat) / t`` of the flow ``z_t = (1 - t) x0 + t eps`` through the prior's ``D``."""
+    return (z - prior(z / (1 - t), t / (1 - t))) / t
+
+
+def flow_midpoint(prior, z: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
+    """One midpoint step of ``dz/dt = v(z, t)`` from ``t`` to ``t_next`` (either direction): 2 NFE."""
+    h = t_next - t
+    half = z + 0.5 * h * flow_velocity(prior, z, t)
+    return z + h * flow_velocity(prior, half, t + 0.5 * h)
+
+
 def eta_ddim_step(target: torch.Tensor, eps_hat: torch.Tensor, sigma_next: float, eta: float,
                   noise: torch.Tensor) -> torch.Tensor:
     """DDS's / DDNM's "eta-DDIM" re-noising ``x' = target + sigma' (eta z + sqrt(1 - eta^2) eps_hat)``
@@ -248,6 +260,70 @@ def data_grad(problem, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().requires_grad_(True)
         (grad,) = torch.autograd.grad(residual_norm(problem, x, "l2sq"), x)
     return grad
+
+
+# ---- hard data consistency by optimisation (ReSample, FLAIR, D-Flow) ------------------------------
+
+
+def image_physics(problem):
+    """The physics acting on images in physical units: a latent problem's image physics (the one its
+    decoder's output meets), else the problem's own."""
+    physics = problem.physics
+    return getattr(physics, "image_physics", physics)
+
+
+def squared_residuals(y: torch.Tensor, Ax: torch.Tensor) -> torch.Tensor:
+    """Per sample ``||y - Ax||^2`` (rows of ``Ax`` matched sample-major to the rows of ``y``), real."""
+    r = y.repeat(Ax.shape[0] // y.shape[0], *([1] * (y.ndim - 1))) - Ax
+    r = r.reshape(Ax.shape[0], -1)
+    if r.is_complex():
+        r = torch.view_as_real(r).reshape(r.shape[0], -1)
+    return r.pow(2).sum(1)
+
+
+def adamw_fit(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, lr: float, iters: int,
+              tol: float = 0.0, patience: int | None = None, weight_decay: float = 0.01,
+              betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.Tensor:
+    """Minimise ``loss(x) -> (N,)`` (one value per sample) from ``x`` by AdamW, each sample on its own.
+
+    Written out (torch.optim.AdamW's update, decoupled weight decay) because every sample must stop
+    on its own: a sample whose loss falls below ``tol``, or (``patience``) has not improved on its best
+    for ``patience`` iterations, is frozen at its best iterate, so a batch gives what separate runs
+    would (torch's optimisers step the whole tensor or nothing). Returns the best iterate per sample."""
+    x = x.detach().clone()
+    m, v = torch.zeros_like(x), torch.zeros_like(x)
+    best, best_loss = x.clone(), torch.full((x.shape[0],), float("inf"), dtype=torch.float64, device=x.device)
+    since = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    active = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    step = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    for _ in range(iters):
+        with torch.enable_grad():
+            leaf = x.requires_grad_(True)
+            value = loss(leaf)
+            (grad,) = torch.autograd.grad(value.sum(), leaf)
+        x = x.detach()
+        value = value.detach().to(torch.float64)
+        better = active & (value < best_loss)
+        best[better], best_loss[better] = x[better], value[better]
+        since = torch.where(better, 0, since + active.long())
+        active &= value >= tol
+        if patience is not None:
+            active &= since < patience
+        if not active.any():
+            break
+        a = active.view(shape).to(x.dtype)
+        step = step + active.to(x.dtype)
+        m = torch.where(a.bool(), betas[0] * m + (1 - betas[0]) * grad, m)
+        v = torch.where(a.bool(), betas[1] * v + (1 - betas[1]) * grad * grad, v)
+        bc1, bc2 = (1 - betas[0] ** step.clamp_min(1)).view(shape), (1 - betas[1] ** step.clamp_min(1)).view(shape)
+        update = lr * weight_decay * x + lr * (m / bc1) / ((v / bc2).sqrt() + eps)
+        x = x - a * update
+    with torch.no_grad():
+        final = loss(x).to(torch.float64)
+    better = final < best_loss
+    best[better] = x[better]
+    return best
 
 
 # ---- guidance weights that do not depend on the number of steps ---------------------------------
