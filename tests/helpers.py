@@ -15,7 +15,7 @@ def mixture(d=16, k=3, seed=0):
     return iv.GaussianMixture(means, covs, weights / weights.sum())
 
 
-def latent_mixture(d=16, k=8, seed=0):
+def latent_mixture(d=16, k=12, seed=0):
     """A ``k``-dimensional latent mixture (``mixture(k)``) behind a random linear decoder to ``d`` pixels
     (singular values between 0.5 and 2, a bias): a latent prior with an exact image-space posterior."""
     from invsolve.priors.latent_mixture import LinearDecoderMixture

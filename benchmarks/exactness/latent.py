@@ -1,6 +1,6 @@
 """Latent solvers (issue 17) against exact posteriors through a linear decoder.
 
-Prior: ``tests/helpers.py::latent_mixture`` -- a 3-component Gaussian mixture over 8 latents behind
+Prior: ``tests/helpers.py::latent_mixture`` -- a 3-component Gaussian mixture over 12 latents behind
 a random linear decoder to 16 pixels (singular values 0.5 to 2, a bias), so the image posterior is
 exact (``invsolve.priors.latent_mixture``). Problems: the exactness suite's two (every other pixel,
 "inpainting", or a random 8 x 16 Gaussian matrix) at sigma_y 0.01 and 0.1. Each sampler runs on the
@@ -68,7 +68,7 @@ def cell(cache: Path, method: str, prior_kind: str, name: str, sigma_y: float, s
 def report(rows: list[dict], seed: int) -> None:
     lines = ["# Latent solvers against exact posteriors through a linear decoder", "",
              "Command: `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/exactness/latent.py`; seed "
-             f"{seed}; prior `latent_mixture()` (8 latents -> 16 pixels) or, for comparison, the pixel "
+             f"{seed}; prior `latent_mixture()` (12 latents -> 16 pixels) or, for comparison, the pixel "
              "`mixture()` of the exactness suite; settings per sampler in `SETTINGS` (overrides column). "
              "ratio = SW(sampler, exact) / SW(prior, exact); floor = the same for a second exact set; "
              "mean err = ||posterior mean - exact mean|| (the prior mean's in brackets); coverage of exact draws "
