@@ -55,7 +55,7 @@ def compute(args, cache: Path) -> None:
         for method in args.samplers:
             for name, sigma_y in PROBLEMS:
                 path = row_path(cache, method, name, sigma_y, particles)
-                if path.exists():
+                if path.exists() or args.problems and f"{name}:{sigma_y}" not in args.problems:
                     continue
                 problem = measure(gm, linear_problems()[name], sigma_y)
                 r = exactness_report(method, gm, problem, n=args.samples, seed=args.seed, particles=particles,
@@ -65,6 +65,24 @@ def compute(args, cache: Path) -> None:
                 tmp.write_text(json.dumps(row))
                 tmp.replace(path)
                 print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
+
+
+def import_csv(path: Path, cache: Path) -> int:
+    """Store the rows of a committed report CSV that the cache lacks (the cache is not committed)."""
+    count = 0
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row = {}
+            for k, v in raw.items():
+                try:
+                    row[k] = int(v) if v.lstrip("-").isdigit() else float(v)
+                except ValueError:
+                    row[k] = v
+            target = row_path(cache, row["sampler"], row["problem"], row["sigma_y"], row["particles"])
+            if not target.exists():
+                target.write_text(json.dumps(row))
+                count += 1
+    return count
 
 
 def report(args, cache: Path, out: Path) -> None:
@@ -140,12 +158,18 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="write the report from cached rows only")
     parser.add_argument("--black-box", action="store_true", help="the operator as a function only (derivative-free samplers)")
     parser.add_argument("--name", default="smc_particles", help="stem of the report files")
+    parser.add_argument("--problems", nargs="+", default=None, metavar="NAME:SIGMA",
+                        help="compute only these problems (e.g. inpainting:0.01); the report covers every cached row")
+    parser.add_argument("--import-csv", default=None, metavar="CSV",
+                        help="first store the rows of a committed report CSV that the cache lacks")
     args = parser.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     cache = out / "cache" / "smc" / (f"steps{args.steps}-{args.schedule}-samples{args.samples}-seed{args.seed}"
                                      + ("-blackbox" if args.black_box else ""))
     cache.mkdir(parents=True, exist_ok=True)
+    if args.import_csv:
+        print(f"imported {import_csv(Path(args.import_csv), cache)} rows from {args.import_csv}", flush=True)
     if not args.report_only:
         compute(args, cache)
     report(args, cache, out)

@@ -83,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=None, help="posterior samples per phantom (default 4; quick 2)")
     parser.add_argument("--exact-samples", type=int, default=None, help="exactness samples (default 1000; quick 200)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prior", default="ct-phantom64", help="prior of the image tasks (e.g. ct-phantom64-flow; "
+                        "use its own --out)")
     parser.add_argument("--out", default=str(HERE))
     parser.add_argument("--report", action="store_true", help="only rewrite results.md / results.csv / PNGs from the cache")
     parser.add_argument("--import-csv", default=None, metavar="CSV",
@@ -102,7 +104,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def settings_name(args) -> str:
-    return f"phantoms{args.phantoms}-samples{args.samples}-exact{args.exact_samples}-seed{args.seed}"
+    prior = "" if args.prior == "ct-phantom64" else f"-{args.prior}"
+    return f"phantoms{args.phantoms}-samples{args.samples}-exact{args.exact_samples}-seed{args.seed}{prior}"
 
 
 def cell_path(cache: Path, task: str, method: str, nfe: int | None) -> Path:
@@ -203,7 +206,7 @@ def run_exactness(cells: Cells, args) -> None:
 def image_setup(task: str, args) -> dict:
     """Truth (held-out phantoms), physics, measurement and problem of a phantom task (the phantom
     benchmark's operators, noise levels and measurement seed)."""
-    prior = iv.load_prior("ct-phantom64")
+    prior = iv.load_prior(args.prior)
     size = prior.shape[-1]
     spec = phantom.TASKS[task]
     truth = heldout_phantoms(args.phantoms, size)
@@ -443,7 +446,7 @@ def header(rows: list[dict], args, cache: Path) -> list[str]:
         "'n/a': the sampler refuses the operator (`PhysicsError`, e.g. it "
         "needs an exact SVD); 'failed': it raised otherwise or returned non-finite samples (errors in results.csv).")
     images = (
-        f"Images: {args.phantoms} held-out phantoms (64x64, `ct-phantom64` prior) x {args.samples} posterior samples "
+        f"Images: {args.phantoms} held-out phantoms (64x64, `{args.prior}` prior) x {args.samples} posterior samples "
         "(own generator per draw); '(defaults)': the sampler has no preset for the task; cell = PSNR / SSIM of the posterior mean (clamped to [0, 1]) / calibration "
         "(fraction of truth pixels inside mean +- 2 std of the samples; an exact sampler would score about "
         f"{ideal_calibration(args.samples):.2f} with {args.samples} samples on a Gaussian posterior) (NFE, CPU seconds). "

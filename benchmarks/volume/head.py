@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ from invsolve.priors.slicewise import SliceWisePrior  # noqa: E402
 from invsolve.problem import real_image_physics  # noqa: E402
 from operators.masks import fastmri_seed  # noqa: E402
 from run import CHUNK, HERE, LEGACY_SECTION, SEED, cached_row, measure, plane_scores, run_sampler, tv3d, write, \
-    write_markdown  # noqa: E402
+    write_markdown, _md_parts  # noqa: E402
 
 SIGMA_Y = 0.01
 DEPTH = 24
@@ -185,6 +186,16 @@ def mean_psnr(row: dict) -> float:
     return (row["psnr_axial"] + row["psnr_coronal"] + row["psnr_sagittal"]) / 3
 
 
+def committed_choice(kind: str) -> dict | None:
+    """The ``--tune`` choice for ``kind`` as the committed results.md records it (a fresh checkout has no cache)."""
+    path = HERE / "results.md"
+    if not path.exists():
+        return None
+    _, sections = _md_parts(path)
+    match = re.search(r"Chosen \(best mean PSNR of the three directions\): `(\{.*?\})`", sections.get(f"head-tune-{kind}", ""))
+    return json.loads(match.group(1)) if match else None
+
+
 def tune_path(kind: str) -> Path:
     return HERE / "cache" / "head" / "tune" / kind
 
@@ -236,9 +247,13 @@ def table(args) -> None:
     mask_name = Path(VOLUMES[args.volume].split(" ")[0]).name
     for kind in args.problems:
         choice_file = tune_path(kind) / "choice.json"
-        if not choice_file.exists():
-            raise SystemExit(f"run --tune first: {choice_file} is missing")
-        choice = json.loads(choice_file.read_text())
+        if choice_file.exists():
+            choice = json.loads(choice_file.read_text())
+        else:
+            choice = committed_choice(kind)
+            if choice is None:
+                raise SystemExit(f"run --tune first: {choice_file} is missing and results.md records no choice")
+            print(f"{kind}: the --tune choice recorded in results.md (the cache is not committed): {choice}", flush=True)
         cache = HERE / "cache" / "head" / args.volume / kind
         cache.mkdir(parents=True, exist_ok=True)
         physics, y, real = make_problem(kind, truth, mask_name, noise_seed=1)

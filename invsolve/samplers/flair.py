@@ -28,7 +28,9 @@ samples of its data and returns the table for ``reg_table``; without a table ``w
 
 Where invsolve differs from the official code: no classifier-free guidance or prompts (the priors
 here are unconditional); ``t_max`` is clipped to the prior's largest level; each sample stops its
-data steps on its own; the data term is the squared residual in physical units of ``y`` (official:
+data steps on its own, and a data step that would raise the sample's data term is halved until it
+does not (the official fixed step diverges on operators with a large gain, e.g. invsolve's CT in model
+space with ``||M||^2 ~ 124``; where the official step decreases the data term, nothing changes); the data term is the squared residual in physical units of ``y`` (official:
 the same, on SD3's decoded images); the optional soft projection (``projection``, off by default
 officially) is not implemented.
 """
@@ -45,6 +47,8 @@ from operators.errors import ConfigError
 
 from .base import register
 from .toolkit import flow_velocity, image_physics, randn, report, squared_residuals
+
+MAX_HALVINGS = 30  # backtracking of the data step: 2^-30 of the official step is as good as none
 
 
 def calibrate(prior, data: torch.Tensor, n_times: int = 100, generator: torch.Generator | None = None,
@@ -137,20 +141,36 @@ class FLAIR:
             return problem.to_model(x.to(x_shape.dtype)).reshape(x_shape)
 
     def data_steps(self, problem, mu: torch.Tensor, weight: float) -> torch.Tensor:
-        """Up to ``dc_iters`` gradient steps on ``weight ||A(Dec(mu)) - y||^2``, each sample stopping on its own."""
+        """Up to ``dc_iters`` gradient steps on ``weight ||A(Dec(mu)) - y||^2``, each sample stopping on its own;
+        a step that would raise a sample's data term is halved until it does not (backtracking, per sample)."""
         limit = self.dc_tol * problem.y[0].numel()
-        active = torch.ones(mu.shape[0], dtype=torch.bool)
         shape = (-1,) + (1,) * (mu.ndim - 1)
-        for _ in range(self.dc_iters):
+
+        def value_and_grad(v):
             with torch.enable_grad():
-                leaf = mu.detach().requires_grad_(True)
-                loss = squared_residuals(problem.y, problem.forward(leaf))
-                (grad,) = torch.autograd.grad((weight * loss).sum(), leaf)
-            active &= loss.detach() >= limit
+                leaf = v.detach().requires_grad_(True)
+                loss = weight * squared_residuals(problem.y, problem.forward(leaf))
+                (grad,) = torch.autograd.grad(loss.sum(), leaf)
+            return loss.detach(), grad
+
+        mu = mu.detach()
+        loss, grad = value_and_grad(mu)
+        lr = torch.full((mu.shape[0],), float(self.data_lr), dtype=mu.dtype)
+        for _ in range(self.dc_iters):
+            active = loss >= weight * limit
             if not active.any():
                 break
-            mu = mu.detach() - self.data_lr * active.view(shape).to(mu.dtype) * grad
-        return mu.detach()
+            for _ in range(MAX_HALVINGS):
+                step = torch.where(active, lr, torch.zeros_like(lr)).view(shape)
+                cand_loss, cand_grad = value_and_grad(mu - step * grad)
+                worse = active & (cand_loss > loss)
+                if not worse.any():
+                    break
+                lr = torch.where(worse, 0.5 * lr, lr)
+            keep = active & ~worse
+            mu = torch.where(keep.view(shape), mu - step * grad, mu)
+            loss, grad = torch.where(keep, cand_loss, loss), torch.where(keep.view(shape), cand_grad, grad)
+        return mu
 
     def run(self, prior, problem, x_shape, generator, callback=None):
         times = self.times(prior)
