@@ -118,7 +118,7 @@ def test_flair_calibration_weights_follow_the_velocity_error():
 
 
 @pytest.mark.parametrize("method, overrides, match", [
-    ("dflow", dict(init="pinv"), "init"),
+    ("dflow", dict(init="least-squares"), "init"),
     ("dflow", dict(alpha=1.5), "alpha"),
     ("flair", dict(t_min=1.0), "t_min"),
     ("flair", dict(reg_table=(1.0,)), "reg_table"),
