@@ -36,13 +36,12 @@ import dataclasses
 import math
 
 import torch
-from deepinv.physics import LinearPhysics
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from operators.errors import ConfigError
 
 from .base import register
-from .toolkit import flow_midpoint, image_physics, randn, report, squared_residuals
+from .toolkit import flow_midpoint, measured_image, randn, report, squared_norms
 
 INITS = ("adjoint", "pinv", "noise")
 
@@ -117,22 +116,14 @@ class DFlow:
 
     def invert(self, prior, problem, x_shape) -> torch.Tensor:
         """``T^-1`` of ``A^T y`` (``init="adjoint"``) or ``A^+ y`` (``"pinv"``) in model space, as source noise;
-        zeros for ``init="noise"``, for nonlinear physics and for a latent prior without an encoder."""
-        latent = getattr(problem, "latent_prior", None)
-        if self.init == "noise" or not problem.is_linear and latent is None \
-                or latent is not None and latent.encoder is None:
+        zeros for ``init="noise"`` and where ``toolkit.measured_image`` cannot form the image."""
+        z = None if self.init == "noise" else measured_image(problem, x_shape, self.init)
+        if z is None:
             return torch.zeros(x_shape, dtype=x_shape.dtype)
-        physics = image_physics(problem)
-        if not isinstance(physics, LinearPhysics):
-            return torch.zeros(x_shape, dtype=x_shape.dtype)
+        t_max = self.times(prior)[0]
+        grid = torch.linspace(0.5 * prior.sigma_min / (1 + prior.sigma_min), t_max, self.invert_steps + 1,
+                              dtype=torch.float64).tolist()
         with torch.no_grad():
-            y = problem.tiled_y(x_shape[0])
-            back = physics.A_dagger(y) if self.init == "pinv" else physics.A_adjoint(y)
-            back = back.real if back.is_complex() else back
-            z = problem.to_model(back.to(x_shape.dtype)).reshape(x_shape)
-            t_max = self.times(prior)[0]
-            grid = torch.linspace(0.5 * prior.sigma_min / (1 + prior.sigma_min), t_max, self.invert_steps + 1,
-                                  dtype=torch.float64).tolist()
             for t, t_next in zip(grid[:-1], grid[1:]):
                 z = flow_midpoint(prior, z, t, t_next)
         return z / t_max
@@ -165,7 +156,7 @@ class DFlow:
         """L-BFGS's closure: ``L(eps)`` of one sample, its gradient left in ``e.grad``."""
         opt.zero_grad()
         with torch.enable_grad():
-            value = (squared_residuals(y, problem.forward(self.solve(prior, e))) + self.regulariser(e)).sum()
+            value = (squared_norms(y - problem.forward(self.solve(prior, e))) + self.regulariser(e)).sum()
             value.backward()
         e.grad = e.grad.contiguous()  # L-BFGS views the gradient flat (FFT-based physics can return strided ones)
         return value.detach()

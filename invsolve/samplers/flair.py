@@ -41,12 +41,11 @@ import dataclasses
 import math
 
 import torch
-from deepinv.physics import LinearPhysics
 
 from operators.errors import ConfigError
 
 from .base import register
-from .toolkit import flow_velocity, image_physics, randn, report, squared_residuals
+from .toolkit import flow_velocity, measured_image, randn, report, squared_norms
 
 MAX_HALVINGS = 30  # backtracking of the data step: 2^-30 of the official step is as good as none
 
@@ -130,15 +129,9 @@ class FLAIR:
         return (1 - frac) * self.reg_table[lo] + frac * self.reg_table[lo + 1]
 
     def initial_mean(self, problem, x_shape) -> torch.Tensor:
-        """``Enc(A^+ y)`` in model space; zeros without a linear image physics or without an encoder."""
-        physics = image_physics(problem)
-        latent = getattr(problem, "latent_prior", None)
-        if not isinstance(physics, LinearPhysics) or (latent is not None and latent.encoder is None):
-            return torch.zeros(x_shape, dtype=x_shape.dtype)
-        with torch.no_grad():
-            x = physics.A_dagger(problem.tiled_y(x_shape[0]))
-            x = x.real if x.is_complex() else x
-            return problem.to_model(x.to(x_shape.dtype)).reshape(x_shape)
+        """``Enc(A^+ y)`` in model space (``toolkit.measured_image``); zeros where it cannot be formed."""
+        mu = measured_image(problem, x_shape, "pinv")
+        return torch.zeros(x_shape, dtype=x_shape.dtype) if mu is None else mu
 
     def data_steps(self, problem, mu: torch.Tensor, weight: float) -> torch.Tensor:
         """Up to ``dc_iters`` gradient steps on ``weight ||A(Dec(mu)) - y||^2``, each sample stopping on its own;
@@ -149,7 +142,7 @@ class FLAIR:
         def value_and_grad(v):
             with torch.enable_grad():
                 leaf = v.detach().requires_grad_(True)
-                loss = weight * squared_residuals(problem.y, problem.forward(leaf))
+                loss = weight * squared_norms(problem.residual(leaf))
                 (grad,) = torch.autograd.grad(loss.sum(), leaf)
             return loss.detach(), grad
 

@@ -30,9 +30,8 @@ NFE per sample = ``steps`` + the time-travel evaluations. Works on latent priors
 Where invsolve differs from the official code: ``x0_hat`` is Tweedie's ``D(z, sigma)`` (the official
 "pseudo_x0" ``(z - (1 - abar) eps) / sqrt(abar)`` has ``1 - abar`` for ``sqrt(1 - abar)``); the grid is
 the prior's own (``schedule``; official: the LDM's linear-beta DDPM skip); a latent prior without an
-encoder uses latent optimisation in the middle third too; the objective is the sum of squares (the
-official MSE, divided by the number of measurements, which rescales the learning rates: the
-official values are kept for the MSE); measurement noise enters only through the resampling.
+encoder uses latent optimisation in the middle third too. As in the official code, the optimisations
+fit ``y`` (mean squared residual) as if it were noiseless: ``sigma_y`` enters nowhere.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ import torch
 from operators.errors import ConfigError
 
 from .base import register
-from .toolkit import adamw_fit, guided_denoise, image_physics, randn, report, sigma_grid, squared_residuals
+from .toolkit import adamw_fit, guided_denoise, image_physics, randn, report, sigma_grid, squared_norms
 
 
 def alpha_bar(sigma: float) -> float:
@@ -96,20 +95,18 @@ class ReSample:
         events = (2 / 3) / cls.interval * (cls.travel + 1)
         return {"steps": max(1, round(int(nfe) / (1 + events)))}
 
-    def mse(self, problem):
-        """Per-sample mean squared residual of latents (through the decoder) and of images (physical units)."""
-        m = problem.y[0].numel()
-        latent = lambda z: squared_residuals(problem.y, problem.forward(z)) / m  # noqa: E731
-        pixel = lambda x: squared_residuals(problem.y, image_physics(problem).A(x)) / m  # noqa: E731
-        return latent, pixel
-
     def hard_consistency(self, problem, x0: torch.Tensor, pixel_space: bool) -> torch.Tensor:
-        latent_mse, pixel_mse = self.mse(problem)
+        """``argmin ||y - A x||^2 / m`` by AdamW: over images from ``Dec(x0)`` then re-encoded (``pixel_space``,
+        where an encoder exists), else over latents from ``x0`` (through the decoder)."""
+        m = problem.y[0].numel()
         latent = getattr(problem, "latent_prior", None)
-        if pixel_space and (latent is None or latent.encoder is not None):  # no encoder: latent optimisation
-            x = adamw_fit(pixel_mse, problem.to_physical(x0), self.pixel_lr, self.pixel_iters, self.tol)
+        if pixel_space and (latent is None or latent.encoder is not None):
+            physics, y = image_physics(problem), problem.tiled_y(x0.shape[0])
+            x = adamw_fit(lambda v: squared_norms(y - physics.A(v)) / m, problem.to_physical(x0),
+                          self.pixel_lr, self.pixel_iters, self.tol)
             return problem.to_model(x).to(x0.dtype)
-        return adamw_fit(latent_mse, x0, self.latent_lr, self.latent_iters, self.tol, self.patience)
+        return adamw_fit(lambda z: squared_norms(problem.residual(z)) / m, x0, self.latent_lr, self.latent_iters,
+                         self.tol, self.patience)
 
     def run(self, prior, problem, x_shape, generator, callback=None):
         sigmas = sigma_grid(self.schedule, self.steps, prior).tolist()

@@ -14,7 +14,7 @@ import weakref
 from typing import Callable, Sequence
 
 import torch
-from deepinv.physics import DecomposablePhysics
+from deepinv.physics import DecomposablePhysics, LinearPhysics
 
 from operators.errors import ConfigError, PhysicsError
 from operators.linalg import TVState, admm_tv_step, cg, least_squares, rowdot
@@ -216,10 +216,7 @@ def langevin_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, snr: fl
 
 def residual_norm(problem, x0: torch.Tensor, norm: str = "l2") -> torch.Tensor:
     """Sum over the batch of each sample's ``||y - A(x0)||`` (``l2``) or its square (``l2sq``)."""
-    r = problem.residual(x0).reshape(x0.shape[0], -1)
-    if r.is_complex():
-        r = torch.view_as_real(r).reshape(r.shape[0], -1)
-    sq = r.pow(2).sum(1)
+    sq = squared_norms(problem.residual(x0))
     if norm == "l2":
         return sq.sqrt().sum()
     if norm == "l2sq":
@@ -272,13 +269,26 @@ def image_physics(problem):
     return getattr(physics, "image_physics", physics)
 
 
-def squared_residuals(y: torch.Tensor, Ax: torch.Tensor) -> torch.Tensor:
-    """Per sample ``||y - Ax||^2`` (rows of ``Ax`` matched sample-major to the rows of ``y``), real."""
-    r = y.repeat(Ax.shape[0] // y.shape[0], *([1] * (y.ndim - 1))) - Ax
-    r = r.reshape(Ax.shape[0], -1)
+def squared_norms(r: torch.Tensor) -> torch.Tensor:
+    """Per row ``||r_j||^2`` of a residual batch (complex entries as real and imaginary parts)."""
+    r = r.reshape(r.shape[0], -1)
     if r.is_complex():
         r = torch.view_as_real(r).reshape(r.shape[0], -1)
     return r.pow(2).sum(1)
+
+
+def measured_image(problem, x_shape, kind: str = "pinv") -> torch.Tensor | None:
+    """The model-space image of ``A^+ y`` (``kind="pinv"``) or ``A^T y`` (``"adjoint"``) for a batch of shape
+    ``x_shape`` (formed once per measurement, encoded for a latent prior, then tiled sample-major); None
+    where it cannot be formed: nonlinear image physics, or a latent prior without an encoder."""
+    physics = image_physics(problem)
+    latent = getattr(problem, "latent_prior", None)
+    if not isinstance(physics, LinearPhysics) or latent is not None and latent.encoder is None:
+        return None
+    with torch.no_grad():
+        x = physics.A_dagger(problem.y) if kind == "pinv" else physics.A_adjoint(problem.y)
+        z = problem.to_model((x.real if x.is_complex() else x).to(x_shape.dtype))
+    return z.repeat(x_shape[0] // z.shape[0], *([1] * (z.ndim - 1))).reshape(x_shape)
 
 
 def adamw_fit(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, lr: float, iters: int,
