@@ -50,7 +50,9 @@ def _train(args) -> int:
                          slice_axis=args.slice_axis, window=tuple(args.window) if args.window else None,
                          percentiles=tuple(args.percentiles), min_foreground=args.min_foreground,
                          augment=tuple(args.augment), val_fraction=args.val_fraction, val_every=args.val_every,
-                         val_images=args.val_images, val_sigmas=tuple(args.val_sigmas))
+                         val_images=args.val_images, val_sigmas=tuple(args.val_sigmas),
+                         latent_channels=args.latent_channels, ae_channels=tuple(args.ae_channels),
+                         ae_steps=args.ae_steps, ae_beta=args.ae_beta)
     run_dir = args.run_dir or f"runs/{args.name}"
     out = train_prior(config, run_dir, args.out or run_dir, progress=not args.quiet, max_seconds=args.max_seconds,
                 evaluate=not args.no_evaluate)
@@ -264,6 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip the final held-out evaluation against TV at sigma 0.1 (recorded in the card)")
     train.add_argument("--size", type=bounded(int, 1), default=t.size)
     train.add_argument("--channels", type=bounded(int, 1), nargs="+", default=list(t.channels))
+    train.add_argument("--latent-channels", type=bounded(int, 0), default=t.latent_channels,
+                       help="> 0: a latent prior: train an autoencoder to this many latent channels first, then the "
+                            "prior on its latents (default: %(default)s, a pixel prior)")
+    train.add_argument("--ae-channels", type=bounded(int, 1), nargs="+", default=list(t.ae_channels),
+                       help="autoencoder widths per level; latents are 2^(levels-1) times smaller (default: %(default)s)")
+    train.add_argument("--ae-steps", type=bounded(int, 1), default=t.ae_steps, help="autoencoder steps (default: %(default)s)")
+    train.add_argument("--ae-beta", type=bounded(float, 0), default=t.ae_beta,
+                       help="weight of the latent penalty mean(z^2) (default: %(default)s)")
     train.add_argument("--attention", type=bounded(int, 1), nargs="*", default=list(t.attention))
     train.add_argument("--batch", type=bounded(int, 1), default=t.batch)
     train.add_argument("--steps", type=bounded(int, 1), default=t.steps)

@@ -38,11 +38,27 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..phantoms import HELDOUT_SEED, heldout_phantoms, random_ellipses
 from . import datasets
 from .base import Prior, PriorCard
+from .latent import LatentPrior
 from .loaders import load_prior, sha256
 from .train_config import TrainConfig
 
 DEFAULT_TV_GRID = tuple(float(v) for v in torch.logspace(math.log10(0.02), math.log10(4.0), 16))
 """TV weights tried, as multiples of ``sigma`` (then refined between the best neighbours)."""
+
+
+def latent_noise_level(prior: LatentPrior, images: torch.Tensor, sigma: float, seed: int) -> float:
+    """Latent noise level of image noise ``sigma`` for a latent prior: the RMS of
+    ``encode(x + sigma n) - encode(x)`` over ``images`` (training-distribution images, never the
+    evaluated ones), noise from ``torch.Generator().manual_seed(seed)``."""
+    noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        shift = prior.encode(images + sigma * noise) - prior.encode(images)
+    return float(shift.pow(2).mean().sqrt())
+
+
+def latent_denoise(prior: LatentPrior, noisy: torch.Tensor, sigma_z: float) -> torch.Tensor:
+    """One-step denoiser of a latent prior in physical units: ``decode(D(encode(y), sigma_z))``."""
+    return prior.decode(prior.latent_prior(prior.encode(noisy), sigma_z))
 
 
 def denoise_physical(prior: Prior, noisy: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -95,18 +111,40 @@ def denoise_vs_tv(prior, images: torch.Tensor, sigma: float = 0.1, seed: int = 0
     TV's weight is ``tv_weight`` when given, else tuned on ``tune_images`` (required then; keep it
     disjoint from ``images``). ``groups`` (name -> number of consecutive images) adds per-group
     means under ``"sets"``. Returns a JSON-ready dict with both PSNRs and the gain in dB.
+
+    A ``LatentPrior`` (e.g. ``ct-phantom64-latent``) denoises in one step as ``latent_denoise``:
+    ``decode(D(encode(y), sigma_z))``, its latent noise level ``sigma_z`` measured on
+    ``tune_images`` (``latent_noise_level``, required then); the result adds ``latent_sigma`` and the
+    autoencoder's reconstruction PSNR ``autoencoder_psnr_db`` (``decode(encode(x))``, noise-free).
     """
-    if tuple(images.shape[1:]) != tuple(prior.shape):
-        raise DataError(f"images of shape {tuple(images.shape[1:])} do not match the prior's shape {tuple(prior.shape)}")
+    latent = isinstance(prior, LatentPrior)
+    shape = prior.image_shape if latent else prior.shape
+    if tuple(images.shape[1:]) != tuple(shape):
+        raise DataError(f"images of shape {tuple(images.shape[1:])} do not match the prior's shape {tuple(shape)}")
+    if (tv_weight is None or latent) and tune_images is None:
+        raise ConfigError("pass tune_images (a set disjoint from images) to choose TV's weight"
+                          + (" and the latent noise level" if latent else ", or tv_weight"))
     if tv_weight is None:
-        if tune_images is None:
-            raise ConfigError("pass tune_images (a set disjoint from images) to choose TV's weight, or tv_weight")
         tv_weight, _ = tune_tv_weight(tune_images, sigma, seed + 1)
+    extra = {}
+    if latent:
+        sigma_z = latent_noise_level(prior, tune_images, sigma, seed + 2)
+        with torch.no_grad():
+            recon = torch.cat([prior.decode(prior.encode(images[i:i + batch])) for i in range(0, images.shape[0], batch)])
+        extra = {"latent_sigma": round(sigma_z, 6),
+                 "autoencoder_psnr_db": round(float(psnr_per_image(images, recon).mean()), 3),
+                 "latent_definition": "decode(D(encode(y), latent_sigma)); latent_sigma = RMS of encode(x + sigma n) "
+                                      "- encode(x) on the tuning images"}
+
+        def denoise(noisy):
+            return latent_denoise(prior, noisy, sigma_z)
+    else:
+        def denoise(noisy):
+            return denoise_physical(prior, noisy, sigma)
     noise = torch.randn(images.shape, generator=torch.Generator().manual_seed(seed))
     noisy = images + sigma * noise
     with torch.no_grad():
-        denoised = torch.cat([denoise_physical(prior, noisy[i:i + batch], sigma)
-                              for i in range(0, images.shape[0], batch)])
+        denoised = torch.cat([denoise(noisy[i:i + batch]) for i in range(0, images.shape[0], batch)])
     prior_psnrs = psnr_per_image(images, denoised)
     tv_psnrs = psnr_per_image(images, tv_denoise(noisy, tv_weight))
     noisy_psnrs = psnr_per_image(images, noisy)
@@ -117,7 +155,8 @@ def denoise_vs_tv(prior, images: torch.Tensor, sigma: float = 0.1, seed: int = 0
               "noisy_psnr_db": round(float(noisy_psnrs.mean()), 3),
               "tune_images": None if tune_images is None else int(tune_images.shape[0]),
               "definition": "mean PSNR (data range 1) of the prior's one-step denoiser D(y, scale*sigma) and of "
-                            "deepinv TVDenoiser (weight tuned on separate images) on y = x + sigma n, physical units"}
+                            "deepinv TVDenoiser (weight tuned on separate images) on y = x + sigma n, physical units",
+              **extra}
     if groups:
         if sum(groups.values()) != images.shape[0]:
             raise ConfigError(f"groups {groups} do not add up to the {images.shape[0]} images")
@@ -150,7 +189,7 @@ def heldout_data(card, n: int = 32, tune: int = 8, seed: int = 0) -> tuple[torch
     The description's ``"groups"`` gives the number of images of each held-out set, in order.
     """
     source = card.metadata.get("recipe", {}).get("data")
-    size = card.shape[-1]
+    size = card.metadata.get("recipe", {}).get("size", card.shape[-1])  # the image size (a latent prior's is not its shape)
     tune_generator = torch.Generator().manual_seed(seed + 7)
     if source == "ellipses":
         images = heldout_phantoms(n, size)

@@ -40,9 +40,14 @@ from .checkpoints.edm import is_edm_state, load_edm
 from .checkpoints.io import (check_finite, check_sha256, load_state_strict, read_any, read_safetensors,
                              sha256, tensors_only)
 from .checkpoints.score_sde import is_score_sde, load_score_sde
+from .autoencoder import Autoencoder, Decoder, Encoder
+from .latent import LatentPrior
 from .unet import UNet
 
 ARCHITECTURES = {"invsolve.priors.unet.UNet"}
+AUTOENCODER_ARCHITECTURES = {"invsolve.priors.autoencoder.Autoencoder"}
+AUTOENCODER_FILE = "autoencoder.safetensors"
+"""The first stage of a latent prior trained by ``invsolve train`` (described by ``metadata.autoencoder``)."""
 
 
 def prior_dirs() -> list[Path]:
@@ -133,21 +138,75 @@ def _read_invsolve(folder: Path, verify: bool = True, sha256_expected: str | Non
     return card, net, report
 
 
+def _read_autoencoder(folder: Path, card: PriorCard, verify: bool, report: dict) -> Autoencoder:
+    """The autoencoder of a latent prior folder, checked as the prior's weights are (``metadata.autoencoder``)."""
+    card_path = folder / "card.json"
+    info = card.metadata["autoencoder"]
+
+    def bad(field: str, why: str) -> CheckpointError:
+        return CheckpointError(f"prior card {card_path}: field 'metadata.autoencoder.{field}' {why}; "
+                               "fix the card or export the prior again")
+    if not isinstance(info, dict):
+        raise CheckpointError(f"prior card {card_path}: field 'metadata.autoencoder' must be a JSON object, got "
+                              f"{type(info).__name__}; fix the card or export the prior again")
+    if info.get("architecture") not in AUTOENCODER_ARCHITECTURES:
+        raise bad("architecture", f"is {info.get('architecture')!r}; this loader knows {sorted(AUTOENCODER_ARCHITECTURES)}")
+    for field in ("image_scale", "image_offset"):
+        if not isinstance(info.get(field), (int, float)) or isinstance(info.get(field), bool):
+            raise bad(field, f"must be a number, got {info.get(field)!r}")
+    shape = info.get("image_shape")
+    if not (isinstance(shape, list) and shape and all(isinstance(v, int) and v > 0 for v in shape)):
+        raise bad("image_shape", f"must list positive integers, got {shape!r}")
+    path = folder / AUTOENCODER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is a latent prior (its card has metadata.autoencoder) and must hold "
+                                f"{AUTOENCODER_FILE}")
+    actual = sha256(path)
+    expected = info.get("sha256")
+    if verify and isinstance(expected, str) and actual != expected.lower().strip():
+        raise CheckpointError(f"{path} does not match the sha256 recorded in {card_path} (corrupted or replaced "
+                              "file); restore the file, export the prior again, or pass verify=False")
+    state = read_safetensors(path)
+    try:
+        ae = Autoencoder(**info.get("network", {}))
+    except (TypeError, ValueError, KeyError, RuntimeError, IndexError) as err:
+        raise bad("network", f"does not describe an Autoencoder ({err})") from None
+    if ae.config["latent_channels"] != card.shape[0] or ae.config["in_channels"] != shape[0]:
+        raise bad("network", f"has {ae.config['in_channels']} -> {ae.config['latent_channels']} channels, but the card's "
+                             f"image_shape and shape have {shape[0]} -> {card.shape[0]}")
+    load_state_strict(ae, state, str(path), what=f"the autoencoder of {card_path}")
+    check_finite(state, str(path))
+    report["autoencoder"] = {"sha256": actual, "sha256_verified": bool(verify and expected),
+                             "parameters": sum(v.numel() for v in state.values())}
+    return ae
+
+
 def verify_prior(folder: str | Path) -> tuple[PriorCard, dict]:
     """Check an invsolve prior folder as loading it would (card fields, recorded sha256, keys and shapes
     against the card's architecture, finite weights); returns ``(card, report)`` (see ``_read_invsolve``)."""
     card, _, report = _read_invsolve(Path(folder))
+    if "autoencoder" in card.metadata:
+        _read_autoencoder(Path(folder), card, True, report)
     return card, report
 
 
 def _load_invsolve(folder: Path, verify: bool = True, sha256_expected: str | None = None,
                    name: str | None = None) -> Prior:
-    card, net, _ = _read_invsolve(folder, verify, sha256_expected)
+    card, net, report = _read_invsolve(folder, verify, sha256_expected)
+    ae = _read_autoencoder(folder, card, verify, report) if "autoencoder" in card.metadata else None
     net.eval().requires_grad_(False)
     if name:
         card.name = name
     options = {"sigma_data": card.sigma_data} if card.parameterization == "edm" else {}
-    return Prior(make_denoiser(card.parameterization, net, **options), card)
+    prior = Prior(make_denoiser(card.parameterization, net, **options), card)
+    if ae is None:
+        return prior
+    ae.eval().requires_grad_(False)
+    info = card.metadata["autoencoder"]
+    latent = LatentPrior(prior, Decoder(ae), Encoder(ae), scale=info["image_scale"], offset=info["image_offset"],
+                         image_shape=tuple(info["image_shape"]))
+    latent.card.name = card.name  # the shipped name, not "latent:<name>"
+    return latent
 
 
 FORMATS = ("invsolve", "adm", "score_sde", "edm", "diffusers-unet", "diffusers-sd3")

@@ -48,6 +48,16 @@ class TrainConfig:
     val_every: int = 200            # steps between validation measurements (0: never)
     val_images: int = 64            # validation slices used (evenly spaced subset)
     val_sigmas: tuple[float, ...] = (0.05, 0.1, 0.2)  # physical noise levels of the validation PSNR
+    # latent priors (0 latent channels: a pixel-space prior, the earlier behaviour)
+    latent_channels: int = 0        # > 0: train an autoencoder first, then the prior on its latents
+    ae_channels: tuple[int, ...] = (16, 32, 64)  # autoencoder widths; the latents are 2 ** (len - 1) times smaller
+    ae_steps: int = 2000            # autoencoder training steps (Adam, lr, warmup and batch as above)
+    ae_beta: float = 1e-4           # weight of the penalty mean(z^2) on the raw latents
+
+    @property
+    def prior_size(self) -> int:
+        """Spatial size the diffusion / flow network sees: ``size``, or the latent size of a latent prior."""
+        return self.size // 2 ** (len(self.ae_channels) - 1) if self.latent_channels else self.size
 
     def validate(self) -> None:
         """Raise ``ConfigError`` (a ``ValueError``) naming the first field whose value cannot be trained with.
@@ -73,10 +83,25 @@ class TrainConfig:
         if any(not _is_int(a) or not 0 <= a < len(self.channels) for a in self.attention):
             raise ConfigError(f"attention must list levels in 0..{len(self.channels) - 1} "
                              f"(one per entry of channels), got {self.attention}")
+        _integer(self, "latent_channels", minimum=0)
+        size = self.size
+        if self.latent_channels:
+            _integer(self, "ae_steps", minimum=1)
+            if not self.ae_channels or any(not _is_int(c) or c < 1 for c in self.ae_channels):
+                raise ConfigError(f"ae_channels must list positive integer widths, got {self.ae_channels}")
+            ae_factor = 2 ** (len(self.ae_channels) - 1)
+            if self.size % ae_factor:
+                raise ConfigError(f"size {self.size} must be divisible by {ae_factor} "
+                                  f"(the autoencoder's downsampling for the {len(self.ae_channels)} levels of ae_channels)")
+            size = self.size // ae_factor
+            if not (_is_number(self.ae_beta) and math.isfinite(self.ae_beta) and self.ae_beta >= 0):
+                raise ConfigError(f"ae_beta must be a finite number >= 0, got {self.ae_beta!r}")
         factor = 2 ** (len(self.channels) - 1)
-        if self.size % factor:
-            raise ConfigError(f"size {self.size} must be divisible by {factor} "
-                             f"(2 ** (levels - 1) for the {len(self.channels)} levels of channels)")
+        if size % factor:
+            where = f"the latent size {size} (size {self.size} / autoencoder factor)" if self.latent_channels \
+                else f"size {self.size}"
+            raise ConfigError(f"{where} must be divisible by {factor} "
+                              f"(2 ** (levels - 1) for the {len(self.channels)} levels of channels)")
         for field in ("lr", "p_std", "sigma_data", "sigma_min", "sigma_max"):
             _positive(self, field)
         _finite(self, "p_mean")

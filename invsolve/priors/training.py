@@ -57,11 +57,14 @@ from tqdm.auto import tqdm
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io import save_figure
 from . import datasets
+from ..problem import UnitMap
 from .adapters import Denoiser, make_denoiser
+from .autoencoder import Autoencoder
+from .autoencoder_training import train_autoencoder
 from .base import Prior, PriorCard
 from .evaluation import denoise_physical, evaluate_prior, psnr_per_image, record_evaluation
 from .checkpoints.io import UnsafeCheckpointError, read_torch
-from .loaders import load_prior, read_card, sha256
+from .loaders import AUTOENCODER_FILE, load_prior, read_card, sha256
 from .train_config import RESUME_FREE_KEYS, TrainConfig
 from .unet import UNet
 
@@ -72,6 +75,17 @@ def data_source(config: TrainConfig) -> tuple[Callable[[int, torch.Generator], t
     return data.sample, data.description
 
 
+def latent_sampler(data: "datasets.TrainingData", autoencoder: Autoencoder
+                   ) -> Callable[[int, torch.Generator], torch.Tensor]:
+    """``sample(batch, generator)`` of the latent stage: training images of ``data``, encoded."""
+    image_map = UnitMap(data.scale, data.offset)
+
+    def sample(batch: int, generator: torch.Generator) -> torch.Tensor:
+        with torch.no_grad():
+            return autoencoder.encode(image_map.to_model(data.sample(batch, generator)))
+    return sample
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
@@ -79,7 +93,7 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 RUN_MARKER = ".invsolve-run"  # written into every run directory: invsolve train may rewrite its config.json
-EXPORTED = ("weights.safetensors", "card.json", "validation.png")  # what an export writes into --out
+EXPORTED = ("weights.safetensors", AUTOENCODER_FILE, "card.json", "validation.png")  # what an export writes into --out
 
 
 def check_run_dir(run_dir: Path) -> None:
@@ -247,12 +261,20 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
                               "use another run directory or the same options")
     _atomic_write_text(config_json, config_path)
 
+    started = time.time()
     data = datasets.build(config)
-    sample = data.sample
+    sample, autoencoder, ae_summary = data.sample, None, None
+    if config.latent_channels:  # first stage: the autoencoder; the prior is then trained on its latents
+        trained = train_autoencoder(config, data.sample, UnitMap(data.scale, data.offset), data.channels, run_dir,
+                                    _atomic_save, progress, None if max_seconds is None else started + max_seconds)
+        if trained is None:
+            return None
+        autoencoder, ae_summary = trained
+        sample = latent_sampler(data, autoencoder)
     card = model_card(config, objective, data)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
         torch.manual_seed(config.seed)
-        net = UNet(in_channels=data.channels, channels=config.channels, attention=config.attention)
+        net = UNet(in_channels=card.shape[0], channels=config.channels, attention=config.attention)
     model = Prior(objective.denoiser(net), card)  # the D(x, sigma) that is trained, and the card's unit map
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
@@ -300,14 +322,14 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         if val_curve and int(val_curve[-1][0]) == step:
             return
         psnrs = validation_psnr(Prior(objective.denoiser(ema), card), data.validation, config.val_sigmas,
-                                seed=config.seed + 2)
+                                seed=config.seed + 2, autoencoder=autoencoder,
+                                image_map=UnitMap(data.scale, data.offset))
         val_curve.append([float(step)] + psnrs)
         plot_training(history, val_curve, config.val_sigmas, run_dir / "validation.png", config.name)
 
     bar = None
     if progress:
         bar = tqdm(total=config.steps, initial=step, desc=f"train {config.name}", unit="step")
-    started = time.time()
     t_last = time.time()
     while step < config.steps:
         for group in opt.param_groups:
@@ -351,7 +373,7 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-export-"))
     try:  # export and check beside --out; only a verified prior replaces what --out holds
         export(config, ema, staging, step, wall, history, data.description, data=data, val_curve=val_curve,
-               curve_png=run_dir / "validation.png", card=card)
+               curve_png=run_dir / "validation.png", card=card, autoencoder=autoencoder, ae_summary=ae_summary)
         load_prior(staging)  # card fields, sha256, keys and shapes, finite weights
         if evaluate:
             evaluate_export(staging, config)
@@ -387,22 +409,34 @@ def evaluate_export(out_dir: Path, config: TrainConfig) -> dict:
     return result
 
 
-def validation_psnr(prior: Prior, images: torch.Tensor, sigmas, seed: int, batch: int = 32) -> list[float]:
-    """Mean one-step denoising PSNR (data range 1) of ``prior`` on ``images`` at each physical noise level.
+def validation_psnr(prior: Prior, images: torch.Tensor, sigmas, seed: int, batch: int = 32,
+                    autoencoder: Autoencoder | None = None, image_map: UnitMap | None = None) -> list[float]:
+    """Mean one-step denoising PSNR (data range 1) of ``prior`` on ``images`` at each noise level.
 
     ``images`` are in physical units; ``evaluation.denoise_physical`` maps them with the prior's card.
+    For a latent prior (``autoencoder``, with the images' physical -> model ``image_map``) the clean
+    state is ``z = encode(images)``, the noise levels are in latent units, and the PSNR compares
+    ``decode(D(z + sigma n, sigma))`` with ``decode(z)`` in physical units (the latent denoiser's
+    error as seen in the image, without the autoencoder's own reconstruction error).
     The noise is drawn from ``torch.Generator().manual_seed(seed)``, one draw per sigma in order,
     so the curve compares the same noisy images at every validation step.
     """
+    if autoencoder is None:
+        clean, view = images, (lambda t: t)
+    else:
+        with torch.no_grad():
+            clean = autoencoder.encode(image_map.to_model(images))
+        view = lambda z: image_map.to_physical(autoencoder.decode(z))  # noqa: E731
     generator = torch.Generator().manual_seed(seed)
     out = []
     for sigma in sigmas:
-        noise = torch.randn(images.shape, generator=generator)
-        noisy = images + float(sigma) * noise
+        noise = torch.randn(clean.shape, generator=generator)
+        noisy = clean + float(sigma) * noise
         with torch.no_grad():
-            denoised = torch.cat([denoise_physical(prior, noisy[i:i + batch], float(sigma))
-                                  for i in range(0, images.shape[0], batch)])
-        out.append(round(float(psnr_per_image(images, denoised).mean()), 4))
+            denoised = torch.cat([view(denoise_physical(prior, noisy[i:i + batch], float(sigma)))
+                                  for i in range(0, clean.shape[0], batch)])
+            reference = view(clean)
+        out.append(round(float(psnr_per_image(reference, denoised).mean()), 4))
     return out
 
 
@@ -435,6 +469,15 @@ def model_card(config: TrainConfig, objective: Objective, data: "datasets.Traini
     physical_range = data.physical_range if data is not None else (0.0, 1.0)
     summary = data.summary if data is not None else "random-ellipse CT phantoms"
     units = "attenuation" if config.data == "ellipses" else "normalised intensity"
+    if config.latent_channels:  # the card of the latent stage: latents at unit scale are the model space
+        size = config.prior_size
+        return PriorCard(
+            name=config.name, kind=objective.kind, parameterization=objective.adapter,
+            shape=(config.latent_channels, size, size), scale=1.0, offset=0.0, sigma_min=config.sigma_min,
+            sigma_max=config.sigma_max, sigma_data=config.sigma_data, physical_range=None,
+            description=f"{objective.title} prior on the {config.latent_channels}x{size}x{size} latents of a "
+                        f"convolutional autoencoder of {config.size}x{config.size} {summary} ({units} in "
+                        f"[{physical_range[0]:g}, {physical_range[1]:g}]); samples decode to images.")
     return PriorCard(
         name=config.name, kind=objective.kind, parameterization=objective.adapter,
         shape=(channels, config.size, config.size),
@@ -449,8 +492,13 @@ def model_card(config: TrainConfig, objective: Objective, data: "datasets.Traini
 def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float, history: list[float],
            data_info: dict, data: "datasets.TrainingData | None" = None,
            val_curve: list[list[float]] | None = None, curve_png: Path | None = None,
-           card: PriorCard | None = None) -> None:
+           card: PriorCard | None = None, autoencoder: Autoencoder | None = None,
+           ae_summary: dict | None = None) -> None:
     """Write ``weights.safetensors`` (EMA), ``card.json`` and ``validation.png`` into ``out_dir`` atomically.
+
+    A latent prior (``autoencoder``, with its training ``ae_summary``) also writes
+    ``autoencoder.safetensors`` and describes it in ``metadata.autoencoder``: architecture, options,
+    the images' physical -> model map and shape, its training and the file's sha256.
 
     ``card``: the run's ``model_card`` (default: built from ``config`` and ``data``); the training
     metadata is added to it. ``curve_png``: an up-to-date plot of ``history`` and ``val_curve``
@@ -480,6 +528,18 @@ def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float
             "images": None if data is None or data.validation is None else int(data.validation.shape[0]),
             "curve": [[int(row[0])] + row[1:] for row in val_curve],
         }
+    if autoencoder is not None:
+        channels = data.channels if data is not None else autoencoder.config["in_channels"]
+        metadata["autoencoder"] = {
+            "architecture": "invsolve.priors.autoencoder.Autoencoder", "network": autoencoder.config,
+            "file": AUTOENCODER_FILE, "parameters": sum(p.numel() for p in autoencoder.parameters()),
+            "image_shape": [channels, config.size, config.size],
+            "image_scale": data.scale if data is not None else 2.0,
+            "image_offset": data.offset if data is not None else -1.0,
+            "physical_range": list(data.physical_range if data is not None else (0.0, 1.0)),
+            "training": {**(ae_summary or {}),
+                         "loss": "mean((decode(encode(x)) - x)^2) + ae_beta * mean(z^2), model space"},
+        }
     card = dataclasses.replace(card, metadata=metadata)
     if not math.isfinite(metadata["training"]["final_loss_mean_last_200"]):
         raise ConfigError(f"training diverged: the final loss is not finite; nothing was written to {out_dir}: "
@@ -503,4 +563,9 @@ def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float
     save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(tmp))
     os.replace(tmp, out_dir / "weights.safetensors")
     card.metadata["sha256"] = sha256(out_dir / "weights.safetensors")
+    if autoencoder is not None:
+        tmp = out_dir / (AUTOENCODER_FILE + ".tmp")
+        save_file({k: v.contiguous() for k, v in autoencoder.state_dict().items()}, str(tmp))
+        os.replace(tmp, out_dir / AUTOENCODER_FILE)
+        card.metadata["autoencoder"]["sha256"] = sha256(out_dir / AUTOENCODER_FILE)
     _atomic_write_text(card.to_json() + "\n", out_dir / "card.json")
