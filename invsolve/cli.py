@@ -238,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="edm: diffusion prior (EDM); flow: rectified-flow prior (default: %(default)s)")
     train.add_argument("--data", default=t.data,
                        help="'ellipses' (random-ellipse CT phantoms, the default), 'mni152' (MRI brain recipe on "
-                            "nilearn's MNI152 templates), or a folder, file or glob of PNG/JPEG/TIFF images, NIfTI "
-                            "volumes, DICOM series or fastMRI HDF5 files")
+                            "nilearn's MNI152 templates), 'motion-kernels' (blur kernels of --size, for BlindDPS), "
+                            "or a folder, file or glob of PNG/JPEG/TIFF images, NIfTI volumes, DICOM series or fastMRI "
+                            "HDF5 files")
     train.add_argument("--data-format", choices=["auto", "images", "nifti", "dicom", "fastmri"], default=t.data_format,
                        help="format of --data files (default: %(default)s, from the suffixes)")
     train.add_argument("--representation", choices=["magnitude", "complex"], default=t.representation,
@@ -313,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("prior", help="prior name or folder")
     ev.add_argument("--data", default=None,
                     help="held-out scans (folder, file or glob, read with the prior's recipe); default: the "
-                         "prior's built-in held-out data (ellipses, mni152, or its validation files)")
+                         "prior's built-in held-out data (ellipses, mni152, motion-kernels, or its validation files)")
     ev.add_argument("--tune-data", default=None,
                     help="scans that tune TV's weight (default with --data: half of --data's files, split by file)")
     ev.add_argument("--sigma", type=bounded(float, 0, low_open=True), default=0.1, help="noise std in physical units (default: %(default)s)")

@@ -75,7 +75,7 @@ def run(config: DemoConfig) -> dict:
     tmp = prepare_output(out, config.force)
     try:
         prior = load_prior(config.prior)
-        size = prior.shape[-1]
+        size = prior.image_shape[-1]
         truth = torch.cat([heldout_phantoms(config.phantoms, size), shepp_logan(size)])
         names = [f"held-out {i}" for i in range(config.phantoms)] + ["Shepp-Logan"]
         physics = ops.make("ct", img_size=size, views=config.views)

@@ -26,6 +26,7 @@ import torch
 from operators.errors import DataError
 
 from .priors.evaluation import denoise_vs_tv
+from .priors.latent import LatentPrior
 
 SIGMAS = (0.05, 0.1, 0.2)  # physical noise levels (data range 1)
 WARN_DB = -0.75  # mean gain over TV below which the data looks out of the prior's distribution
@@ -39,8 +40,8 @@ def prior_fit(prior, images: torch.Tensor, sigmas=SIGMAS, seed: int = 0) -> dict
     Returns ``{"gain_db": mean, "per_sigma": {sigma: gain}, "reference_gain_db": the card's held-out
     gain (or None), "fits": bool, "message": str}``.
     """
-    if tuple(images.shape[1:]) != tuple(prior.shape):
-        raise DataError(f"images of shape {tuple(images.shape[1:])} do not match the prior's shape {tuple(prior.shape)}")
+    if tuple(images.shape[1:]) != tuple(prior.image_shape):
+        raise DataError(f"images of shape {tuple(images.shape[1:])} do not match the prior's shape {tuple(prior.image_shape)}")
     if not torch.isfinite(images).all():
         raise DataError("the images given to the prior-fit check contain NaN or Inf values")
     evaluation = prior.card.metadata.get("evaluation", {}) if isinstance(prior.card.metadata, dict) else {}
@@ -48,7 +49,10 @@ def prior_fit(prior, images: torch.Tensor, sigmas=SIGMAS, seed: int = 0) -> dict
     tv_at = float(evaluation.get("tv_weight", DEFAULT_TV_WEIGHT)) / float(evaluation.get("sigma", 0.1))
     per_sigma = {}
     for sigma in sigmas:
-        result = denoise_vs_tv(prior, images.float(), sigma=sigma, seed=seed, tv_weight=tv_at * sigma)
+        # a latent prior's noise level in latent space is the encoder's response to this sigma, measured on
+        # these images with its own noise draw (a property of the encoder, not a fit to the truth)
+        tune = images.float() if isinstance(prior, LatentPrior) else None
+        result = denoise_vs_tv(prior, images.float(), sigma=sigma, seed=seed, tv_weight=tv_at * sigma, tune_images=tune)
         per_sigma[sigma] = result["gain_db"]
     gain = sum(per_sigma.values()) / len(per_sigma)
     fits = bool(gain >= WARN_DB) and math.isfinite(gain)

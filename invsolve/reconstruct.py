@@ -280,7 +280,7 @@ def _make_operator(name: str, params: dict, img_size) -> object:
 def _physics_for(prior, physics, config: ReconstructConfig, record: dict):
     """The operator as the prior's images meet it (``invsolve.problem.fit_physics``): e.g. the MRI
     operators (complex images, 2 channels) seen on a magnitude prior's real images; recorded."""
-    fit = fit_physics(physics, prior.shape, who=f"prior {prior.card.name!r}", device=config.device)
+    fit = fit_physics(physics, prior.image_shape, who=f"prior {prior.card.name!r}", device=config.device)
     record["physics"] = {"operator": type(physics).__name__, "adapter": fit.adapter, "dtype": str(fit.dtype).replace("torch.", ""),
                          "measurement_shape": list(fit.output_shape[1:])}
     return fit.physics
@@ -323,7 +323,7 @@ def _fastmri_problem(volume, prior, config: ReconstructConfig, record: dict):
     mask = torch.from_numpy(np.asarray(mask, dtype=np.float32))
     if not mask.sum() > 0:
         raise DataError(f"{volume.path}: slice {config.slice} has no sampled k-space column")
-    parts = build_parts(volume, mask, tuple(prior.shape), device=config.device)
+    parts = build_parts(volume, mask, tuple(prior.image_shape), device=config.device)
     sigma_y = float(BenchConfig.sigma_y) if config.sigma_y is None else float(config.sigma_y)
     record["physics"] = {"operator": type(parts.physics).__name__, "mri": "SenseMRI" if parts.physics.coil_maps is not None
                          else "SingleCoilMRI", "coil_maps": "centre-band low-resolution maps", "grid": list(parts.grid),
@@ -379,8 +379,8 @@ def _run(config: ReconstructConfig, progress, log):
         raise DataError(f"input file {config.input} contains NaN or Inf values")
     prior = load_prior(config.prior, format=config.prior_format) if config.prior_format != "auto" else load_prior(config.prior)
     prior = prior.to(config.device) if hasattr(prior, "to") else prior
-    if prior.shape[0] != 1 and not fastmri:
-        raise ConfigError(f"prior {prior.card.name!r} has {prior.shape[0]} channels; reconstruct takes 1-channel image priors")
+    if prior.image_shape[0] != 1 and not fastmri:
+        raise ConfigError(f"prior {prior.card.name!r} has {prior.image_shape[0]} channels; reconstruct takes 1-channel image priors")
     record = {"invsolve": version("invsolve"), "torch": torch.__version__, "machine": platform.machine(),
               "threads": torch.get_num_threads(), "config": dataclasses.asdict(config), "input": dict(meta)}
     record["input"]["shape"] = list(array.shape)
@@ -395,8 +395,8 @@ def _run(config: ReconstructConfig, progress, log):
             check_on = physics.A_adjoint(y).clamp(0, 1)  # zero-filled (coil-combined) estimate
     elif config.simulate is not None:
         unit, window = _to_unit(array, config.window)
-        truth, size = _as_slices(unit, prior.shape, config.resize, f"input {config.input}")
-        physics = _physics_for(prior, _make_operator(config.simulate, config.operator_params, tuple(prior.shape[-2:])),
+        truth, size = _as_slices(unit, prior.image_shape, config.resize, f"input {config.input}")
+        physics = _physics_for(prior, _make_operator(config.simulate, config.operator_params, tuple(prior.image_shape[-2:])),
                                config, record)
         sigma_y = 0.05 if config.sigma_y is None else float(config.sigma_y)
         with torch.no_grad():
@@ -405,19 +405,19 @@ def _run(config: ReconstructConfig, progress, log):
         check_on = truth
         record["input"]["window"] = list(window)
     else:
-        physics = _physics_for(prior, _make_operator(config.operator, config.operator_params, tuple(prior.shape[-2:])),
+        physics = _physics_for(prior, _make_operator(config.operator, config.operator_params, tuple(prior.image_shape[-2:])),
                                config, record)
         sigma_y, truth, window = float(config.sigma_y), None, None
         measured = torch.from_numpy(np.ascontiguousarray(array)).float()
         with torch.no_grad():
-            expected = tuple(physics.A(torch.zeros(1, *prior.shape)).shape[1:])
+            expected = tuple(physics.A(torch.zeros(1, *prior.image_shape)).shape[1:])
         if tuple(measured.shape) == expected:
             measured = measured[None]
         elif tuple(measured.shape[1:]) != expected:
             raise DataError(f"measurement {config.input} has shape {tuple(array.shape)} but operator {config.operator!r} "
                             f"with {config.operator_params or 'its defaults'} produces {expected} per image; "
                             "set its geometry with --set (e.g. views=, img_size=)")
-        y, size = measured, tuple(prior.shape[-2:])
+        y, size = measured, tuple(prior.image_shape[-2:])
         check_on = _classical(physics, y)
     record["sigma_y"] = sigma_y
     if config.check_fit:

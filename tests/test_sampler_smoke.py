@@ -61,6 +61,8 @@ SMALL = {
     "enkg": (dict(steps=6, particles=4), 80),
     # issue 17 ReSample: 3 steps + time travel (2 + 1 evaluations) before its 2 hard data-consistency steps
     "resample": (dict(steps=3, interval=1, travel=1, pixel_iters=2, latent_iters=2), 6),
+    # issue 16 BlindDPS: 3 steps of the image chain (the shipped kernel prior runs beside it)
+    "blinddps": (dict(steps=3), 3),
 }
 # samplers that need linear physics (issue 6: MCG projects; DiffPIR, PiGDM, DMPS use closed forms;
 # issue 15: DDRM works in the SVD basis, DDNM projects)
@@ -71,6 +73,8 @@ LINEAR_ONLY = {"mcg", "diffpir", "pigdm", "dmps", "ddrm", "ddnm", "dds", "diffus
 SVD_ONLY = {"ddrm", "mcgdiff"}  # mcgdiff names 'fps' / 'tds'
 # samplers that run on any physics
 GENERAL = {"dps", "reddiff", "daps", "flowdps", "tpdm", "tds", "enkg", "resample", "dflow", "flair"}
+# samplers that estimate the kernel of a 2D blur (issue 16): a PhysicsError naming them elsewhere
+BLUR_ONLY = {"blinddps"}
 SIGMA_Y = 0.01
 
 
@@ -157,6 +161,12 @@ def _residual(problem, x_physical: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(r).flatten(1).norm(dim=1) if r.is_complex() else r.flatten(1).norm(dim=1)
 
 
+def _is_2d_blur(physics) -> bool:
+    from deepinv.physics import Blur
+
+    return isinstance(physics, Blur) and physics.filter.dim() == 4
+
+
 def _has_exact_svd(physics, x_shape) -> bool:
     """A deepinv decomposable physics (other than BlurFFT), average pooling, or small enough for
     the dense SVD (``toolkit.DENSE_MAX`` unknowns per sample)."""
@@ -177,6 +187,10 @@ def test_sampler_runs_on_operator(sampler, operator, dims):
     overrides = _overrides(sampler)
     if getattr(physics, "black_box", False) and not getattr(iv.samplers.get(sampler), "derivative_free", False):
         with pytest.raises(PhysicsError, match="black box.*enkg"):  # forward evaluations only (issue 16)
+            iv.sample(sampler, prior, problem, n_samples=n, generator=torch.Generator().manual_seed(1), **overrides)
+        return
+    if sampler in BLUR_ONLY and not _is_2d_blur(physics):
+        with pytest.raises(PhysicsError, match=f"{sampler}.*Blur"):
             iv.sample(sampler, prior, problem, n_samples=n, generator=torch.Generator().manual_seed(1), **overrides)
         return
     if not problem.is_linear:

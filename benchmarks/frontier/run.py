@@ -116,7 +116,7 @@ def provenance(args) -> dict:
     """Where and how a cell was computed (stored in every cell: resumed runs may mix invocations)."""
     return {"machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", {platform.node()}",
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "command": "benchmarks/frontier/run.py " + " ".join(args.argv), "seed": args.seed,
+            "command": getattr(args, "script", "benchmarks/frontier/run.py") + " " + " ".join(args.argv), "seed": args.seed,
             "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "git": GIT_STATE}
 
 
@@ -207,7 +207,7 @@ def image_setup(task: str, args) -> dict:
     """Truth (held-out phantoms), physics, measurement and problem of a phantom task (the phantom
     benchmark's operators, noise levels and measurement seed)."""
     prior = iv.load_prior(args.prior)
-    size = prior.shape[-1]
+    size = prior.image_shape[-1]
     spec = phantom.TASKS[task]
     truth = heldout_phantoms(args.phantoms, size)
     physics = phantom.make_physics(task, size)
@@ -258,7 +258,7 @@ def baseline_cell(task: str, which: str, setup: dict, args) -> dict:
         config = {"name": baseline_label(task, which)}
         x, wall, cpu = timed(lambda: phantom.classical(task, physics, y).clamp(0, 1))
     else:
-        lam, grid = tv_lambda(task, setup["prior"].shape[-1], args)
+        lam, grid = tv_lambda(task, setup["prior"].image_shape[-1], args)
         config = {"name": baseline_label(task, which), "lam": lam, "grid_psnr_training_seed": grid}
         x, wall, cpu = timed(lambda: tv(physics, y, lam=lam, iterations=150))
     return {**image_scores(setup["truth"], x), "nfe": 0, "seconds": wall, "cpu_seconds": cpu, "config": config}

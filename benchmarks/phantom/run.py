@@ -76,8 +76,8 @@ def classical(task: str, physics, y):
 def training_problem(task: str, n: int, prior):
     """(truth, problem, baseline) on ``n`` training-distribution phantoms (seed 123, never the
     held-out set), noise seed 1: what the preset tune scripts choose settings on."""
-    truth = random_ellipses(n, prior.shape[-1], torch.Generator().manual_seed(123))
-    physics = make_physics(task, prior.shape[-1])
+    truth = random_ellipses(n, prior.image_shape[-1], torch.Generator().manual_seed(123))
+    physics = make_physics(task, prior.image_shape[-1])
     sigma_y = TASKS[task]["sigma_y"]
     y = measure(physics, truth, sigma_y, 1)
     baseline = classical(task, physics, y)  # FBP for CT, the pseudo-inverse otherwise (unclamped)
@@ -156,7 +156,7 @@ def valid_row(row: dict, task: str, args) -> bool:
 
 def run_task(task: str, samplers: list[str], args, cache: Path, reuse: dict) -> list[dict]:
     prior = iv.load_prior("ct-phantom64")
-    size = prior.shape[-1]
+    size = prior.image_shape[-1]
     truth = torch.cat([heldout_phantoms(args.phantoms, size), shepp_logan(size)])
     physics = make_physics(task, size)
     spec = TASKS[task]

@@ -293,7 +293,7 @@ def _run_sampler(config: BenchConfig, task: Task, volume, mask: torch.Tensor) ->
     prior = _load_prior(config.prior, str(device))
     preset, overrides, _ = sampler_settings(config, task.method)
     start = time.perf_counter()
-    parts = build_parts(volume, mask, tuple(prior.shape), device=device)
+    parts = build_parts(volume, mask, tuple(prior.image_shape), device=device)
     problem = Problem(parts.physics, parts.y, sigma_y=config.sigma_y, prior=prior)
     generators = [torch.Generator(device=device).manual_seed(derived_seed(config.seed, task.volume, task.acceleration, j))
                   for j in range(config.samples)]

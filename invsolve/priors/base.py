@@ -131,6 +131,12 @@ class Prior(nn.Module):
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """Shape of one sample of the model (for a ``LatentPrior``: one latent)."""
+        return self.card.shape
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one image in physical space: ``shape`` here, the decoded shape for a ``LatentPrior``."""
         return self.card.shape
 
     @property

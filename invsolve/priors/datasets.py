@@ -3,6 +3,8 @@
 Sources (``--data``):
 
 - ``ellipses``: seeded random-ellipse CT phantoms (``invsolve.phantoms``), fresh every step;
+- ``motion-kernels``: seeded ``motionblur`` kernels of ``size`` x ``size`` divided by their peak
+  (``invsolve.kernels``), fresh every step: the kernel prior of BlindDPS;
 - a folder, file or glob of **images** (PNG, JPEG, TIFF, ...; Pillow), **NIfTI** volumes
   (``.nii``/``.nii.gz``; nibabel), **DICOM** series (pydicom) or **fastMRI HDF5** files (h5py);
 - ``mni152``: the MRI brain recipe on nilearn's offline MNI152 2009a templates (T1, grey- and
@@ -53,6 +55,7 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError, DataError, InvsolveError
 from ..fastmri.reader import checked_dataset
+from ..kernels import INTENSITY, heldout_motion_kernels, random_motion_kernels
 from ..phantoms import random_ellipses
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm")
@@ -573,6 +576,29 @@ def ellipse_data(config) -> TrainingData:
                                                     "slices": config.val_images}})
 
 
+def kernel_data(config) -> TrainingData:
+    """Motion-blur kernels (``invsolve.kernels``): peak 1 in image units, [0, 1] -> [-1, 1] as the
+    official BlindDPS kernel model; validation on held-out kernels."""
+    if config.representation != "magnitude" or tuple(config.augment):
+        raise ConfigError("the motion-kernels source takes no --augment and no --representation complex")
+
+    def sample(batch, generator):
+        return random_motion_kernels(batch, config.size, generator)
+
+    validation = heldout_motion_kernels(config.val_images, config.size) if config.val_images > 0 else None
+    return TrainingData(sample=sample, validation=validation, channels=1, scale=2.0, offset=-1.0,
+                        physical_range=(0.0, 1.0), summary=f"motion-blur kernels (motionblur, intensity {INTENSITY})",
+                        description={"source": "invsolve.kernels.random_motion_kernels", "seed": config.seed,
+                                     "intensity": INTENSITY, "physical_range": [0.0, 1.0],
+                                     "units": "kernel divided by its peak (a blur uses it normalised to sum 1)",
+                                     "note": "fresh kernels every step (no finite training set)",
+                                     "validation": {"source": "heldout_motion_kernels", "slices": config.val_images}})
+
+
+BUILTIN_SOURCES = ("ellipses", "mni152", "motion-kernels")
+"""``--data`` names that are generated or shipped, not files (each has its own held-out set)."""
+
+
 def _package_file(package: str, *parts: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -688,11 +714,13 @@ def mni152_data(config) -> TrainingData:
 
 
 def build(config) -> TrainingData:
-    """The ``TrainingData`` of a ``TrainConfig``'s ``data`` (``ellipses``, ``mni152`` or files)."""
+    """The ``TrainingData`` of a ``TrainConfig``'s ``data`` (``BUILTIN_SOURCES`` or files)."""
     if config.representation not in ("magnitude", "complex"):
         raise ConfigError(f"representation must be 'magnitude' or 'complex', got {config.representation!r}")
     if config.data == "ellipses":
         return ellipse_data(config)
     if config.data == "mni152":
         return mni152_data(config)
+    if config.data == "motion-kernels":
+        return kernel_data(config)
     return file_data(config)

@@ -35,6 +35,7 @@ import torch
 from deepinv.models import TVDenoiser
 
 from ..errors import CheckpointError, ConfigError, DataError
+from ..kernels import HELDOUT_KERNEL_SEED, heldout_motion_kernels, random_motion_kernels
 from ..phantoms import HELDOUT_SEED, heldout_phantoms, random_ellipses
 from . import datasets
 from .base import Prior, PriorCard
@@ -118,7 +119,7 @@ def denoise_vs_tv(prior, images: torch.Tensor, sigma: float = 0.1, seed: int = 0
     autoencoder's reconstruction PSNR ``autoencoder_psnr_db`` (``decode(encode(x))``, noise-free).
     """
     latent = isinstance(prior, LatentPrior)
-    shape = prior.image_shape if latent else prior.shape
+    shape = prior.image_shape
     if tuple(images.shape[1:]) != tuple(shape):
         raise DataError(f"images of shape {tuple(images.shape[1:])} do not match the prior's shape {tuple(shape)}")
     if (tv_weight is None or latent) and tune_images is None:
@@ -181,6 +182,8 @@ def heldout_data(card, n: int = 32, tune: int = 8, seed: int = 0) -> tuple[torch
 
     - ellipses: the first ``n`` held-out phantoms (``heldout_phantoms``); tuning: ``tune`` phantoms
       of the validation stream;
+    - motion-kernels: the first ``n`` held-out kernels (``heldout_motion_kernels``); tuning: ``tune``
+      kernels of the validation seed;
     - mni152: the held-out brains ``datasets.brain_heldout_sets`` (all their slices; ``n`` ignored);
       tuning: ``tune`` training-distribution crops of the MNI152 templates without augmentation;
     - files: up to ``n`` evenly spaced slices of the validation files of the recipe's split (the
@@ -197,6 +200,12 @@ def heldout_data(card, n: int = 32, tune: int = 8, seed: int = 0) -> tuple[torch
         return images, tune_images, {"source": f"invsolve.phantoms.heldout_phantoms (seed {HELDOUT_SEED}), "
                                                "never used in training",
                                      "tv_tuning": f"{tune} random_ellipses of seed {datasets.VALIDATION_SEED}"}
+    if source == "motion-kernels":
+        images = heldout_motion_kernels(n, size)
+        tune_images = random_motion_kernels(tune, size, torch.Generator().manual_seed(datasets.VALIDATION_SEED))
+        return images, tune_images, {"source": f"invsolve.kernels.heldout_motion_kernels (seeds from "
+                                               f"{HELDOUT_KERNEL_SEED}), never used in training",
+                                     "tv_tuning": f"{tune} random_motion_kernels of seed {datasets.VALIDATION_SEED}"}
     if source == "mni152":
         config = _recipe_config(card, augment=(), val_images=0)
         sets = datasets.brain_heldout_sets(size, tuple(config.percentiles))
@@ -269,7 +278,7 @@ def evaluate_files(prior_or_name, data: str, tune_data: str | None = None, sigma
 
     def config_for(path, val_fraction):
         return _recipe_config(prior.card, data=str(path), augment=(), val_fraction=val_fraction,
-                              val_images=max_images, seed=seed, size=prior.shape[-1])
+                              val_images=max_images, seed=seed, size=prior.image_shape[-1])
 
     if tune_data is None:
         built = datasets.file_data(config_for(data, 0.5))

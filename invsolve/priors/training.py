@@ -400,7 +400,7 @@ def evaluate_export(out_dir: Path, config: TrainConfig) -> dict:
     Priors trained on files without a validation split have no held-out data: the card then says
     so (``metadata.evaluation.skipped``); evaluate them with ``invsolve evaluate --data``.
     """
-    if config.data not in ("ellipses", "mni152") and config.val_fraction == 0:
+    if config.data not in datasets.BUILTIN_SOURCES and config.val_fraction == 0:
         result = {"skipped": "trained on every file (val_fraction 0): no held-out files; "
                              "run invsolve evaluate PRIOR --data HELD_OUT_SCANS --write-card"}
     else:
@@ -468,7 +468,7 @@ def model_card(config: TrainConfig, objective: Objective, data: "datasets.Traini
     scale, offset = (data.scale, data.offset) if data is not None else (2.0, -1.0)
     physical_range = data.physical_range if data is not None else (0.0, 1.0)
     summary = data.summary if data is not None else "random-ellipse CT phantoms"
-    units = "attenuation" if config.data == "ellipses" else "normalised intensity"
+    units = {"ellipses": "attenuation", "motion-kernels": "kernel / peak"}.get(config.data, "normalised intensity")
     if config.latent_channels:  # the card of the latent stage: latents at unit scale are the model space
         size = config.prior_size
         return PriorCard(

@@ -1,7 +1,8 @@
 """Sampler contract: hyperparameters, the ``Posterior`` result, the registry, NFE counting and ``sample``.
 
 Every sampler is a frozen dataclass of hyperparameters whose ``run(prior, problem, x_shape,
-generator, callback)`` returns model-space samples; ``problem`` is the prior's model-space view
+generator, callback)`` returns model-space samples (or ``(samples, extras)``: other estimated
+quantities, e.g. BlindDPS's kernels); ``problem`` is the prior's model-space view
 of the user's problem (``Prior.model_problem``). ``sample`` counts the denoiser calls (the NFE)
 and turns the samples into a ``Posterior`` in physical units. Samplers see the state
 ``x = x0 + sigma * eps`` and the denoiser ``D(x, sigma)`` only; their shared steps are in
@@ -40,6 +41,9 @@ class Posterior:
     seconds: float
     method: str = ""
     config: dict = dataclasses.field(default_factory=dict)
+    extras: dict = dataclasses.field(default_factory=dict)
+    """Other quantities a sampler estimates with the image, each (n_samples, B, ...) like ``samples``
+    (BlindDPS: ``"kernels"``)."""
 
     @property
     def mean(self) -> torch.Tensor:
@@ -223,8 +227,10 @@ def sample(name: str, prior, problem, n_samples: int = 1, generator: Generator =
     counted = CountingPrior(prior, rows=x_shape[0])
     start = time.perf_counter()
     x = sampler.run(counted, view, x_shape, generator, callback)
+    x, extras = x if isinstance(x, tuple) else (x, {})  # run may return (x, {name: (N, ...) tensor})
     seconds = time.perf_counter() - start
     with torch.no_grad():
         samples = view.to_physical(x.detach())
     samples = samples.reshape(n_samples, view.batch, *samples.shape[1:])
-    return Posterior(samples, counted.calls, seconds, method=name, config=dataclasses.asdict(sampler))
+    extras = {key: value.reshape(n_samples, view.batch, *value.shape[1:]) for key, value in extras.items()}
+    return Posterior(samples, counted.calls, seconds, method=name, config=dataclasses.asdict(sampler), extras=extras)

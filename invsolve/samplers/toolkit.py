@@ -361,16 +361,18 @@ def check_weight_rule(who: str, field: str, rule: str, weight) -> None:
         raise ConfigError(f"{who}: {field} must be a number or 'auto', got {weight!r}")
 
 
-def polyak_weight(problem, denoised: torch.Tensor, grad: torch.Tensor, fraction: float, norm: str = "l2") -> torch.Tensor:
+def polyak_weight(problem, denoised: torch.Tensor, grad: torch.Tensor, fraction: float, norm: str = "l2",
+                  residual: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample guidance weight of the automatic rule (``zeta="auto"``): the Polyak step
     ``fraction * max(f - f*, 0) / ||g||^2`` for ``f = ||r||`` (``norm="l2"``, ``f* = sigma_y sqrt(m)``)
     or ``f = ||r||^2`` (``"l2sq"``, ``f* = m sigma_y^2``), with ``r = y - forward(x0_hat)`` (``m`` its
     real entries) and ``g = grad_x f``: the step along ``-g`` that brings the linearised residual
     down to the noise level in one step (``fraction = 1``) and never below it. It is invariant to
     rescaling the operator and ``y`` together, so it needs no tuning per operator.
+    ``residual``: ``r`` when the caller has it (e.g. BlindDPS's ``y - k * x0_hat``), else ``problem.residual``.
     Shape ``(N, 1, ..., 1)``, broadcastable against ``grad``."""
     with torch.no_grad():
-        r = problem.residual(denoised).reshape(denoised.shape[0], -1)
+        r = (problem.residual(denoised) if residual is None else residual).reshape(denoised.shape[0], -1)
         r = torch.view_as_real(r).reshape(r.shape[0], -1) if r.is_complex() else r
         sq, m = r.pow(2).sum(1), r.shape[1]
         s2 = float(problem.sigma_y) ** 2
@@ -382,7 +384,7 @@ def polyak_weight(problem, denoised: torch.Tensor, grad: torch.Tensor, fraction:
 
 def guidance_weight(problem, denoised: torch.Tensor, grad: torch.Tensor, weight, rule: str, sigma: float,
                     sigma_next: float, vp_scaling: bool = True, norm: str = "l2", fraction: float = 1.0,
-                    unit: float = 1.0, cap: float = 1.0):
+                    unit: float = 1.0, cap: float = 1.0, residual: torch.Tensor | None = None):
     """The multiplier ``w`` of a DPS-type step ``x <- x - w * grad`` (DPS's zeta, MCG's alpha).
 
     - ``weight="auto"``: the per-sample Polyak step ``polyak_weight`` (``fraction`` of it);
@@ -394,12 +396,12 @@ def guidance_weight(problem, denoised: torch.Tensor, grad: torch.Tensor, weight,
       noise level (``cap < 1``: a damped step, for where the linearisation through the denoiser is poor).
     """
     if weight == "auto":
-        return polyak_weight(problem, denoised, grad, fraction, norm)
+        return polyak_weight(problem, denoised, grad, fraction, norm, residual)
     w = weight * unit * (math.sqrt((1 + sigma ** 2) * (1 + sigma_next ** 2)) if vp_scaling else 1.0)
     if rule == "per-step":
         return w
     w *= ddpm_steps_spanned(sigma, sigma_next)
-    return polyak_weight(problem, denoised, grad, cap, norm).clamp(max=w)
+    return polyak_weight(problem, denoised, grad, cap, norm, residual).clamp(max=w)
 
 
 def model_clip(prior, problem):
