@@ -177,6 +177,11 @@ def _card_lines(card, source: str, weights: str) -> list[str]:
              f"  sigma range     [{card.sigma_min:g}, {card.sigma_max:g}]",
              f"  architecture    {meta.get('architecture')} ({meta.get('parameters', '?')} parameters)",
              f"  weights         {weights}"]
+    ae = meta.get("autoencoder")
+    if ae:  # invsolve's own latent prior: the decoder's image space (the SD3 loader has no card entry)
+        lines.append(f"  autoencoder     {ae.get('file')}: latents -> images {tuple(ae.get('image_shape', ()))}, "
+                     f"x_model = {ae.get('image_scale', 1):g} * x_physical + {ae.get('image_offset', 0):g}; "
+                     f"physical range {ae.get('physical_range')}; {ae.get('parameters', '?')} parameters")
     training = meta.get("training", {})
     if training:
         lines.append("  training        " + ", ".join(f"{k} {v}" for k, v in training.items()))

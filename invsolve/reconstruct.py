@@ -459,8 +459,17 @@ def _run(config: ReconstructConfig, progress, log):
               "samples": [back(s) + (0 if window is None else window[0]) for s in post.samples.float()]
               if config.save_samples else None,
               "truth_unit": None if truth is None else truth[:, 0], "mean_unit": mean[:, 0], "std_unit": std[:, 0],
-              "meta": meta}
+              "meta": meta, "extras": _extras_means(post, array.ndim)}
     return post, record, arrays
+
+
+def _extras_means(post, ndim: int) -> dict:
+    """Posterior means of what a sampler estimates beside the image (BlindDPS: ``kernels``), per input image."""
+    out = {}
+    for name, draws in post.extras.items():
+        m = draws.float().mean(0)[:, 0]  # (B, h, w)
+        out[name] = (m[0] if ndim == 2 else m).numpy()
+    return out
 
 
 def _fastmri_outputs(post, parts, volume, config: ReconstructConfig, record: dict, start: float) -> dict:
@@ -505,6 +514,8 @@ def _write(folder: Path, config: ReconstructConfig, record: dict, arrays: dict) 
         written.append("mean.png")
     for j, s in enumerate(arrays["samples"] or []):
         save(f"sample{j}", s)
+    for name, m in (arrays.get("extras") or {}).items():  # e.g. kernels_mean.npy: its own grid, always NPY
+        written.append(save_npy(m, folder / f"{name}_mean.npy").name)
     columns = {"posterior mean": arrays["mean_unit"]}
     if arrays["truth_unit"] is not None:
         columns = {"truth": arrays["truth_unit"], **columns}
