@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", default=t.data,
                        help="'ellipses' (random-ellipse CT phantoms, the default), 'mni152' (MRI brain recipe on "
                             "nilearn's MNI152 templates), 'motion-kernels' (blur kernels of --size, for BlindDPS), "
+                            "'darcy-fields' (two-valued Darcy permeability fields, FNO's data), "
                             "or a folder, file or glob of PNG/JPEG/TIFF images, NIfTI volumes, DICOM series or fastMRI "
                             "HDF5 files")
     train.add_argument("--data-format", choices=["auto", "images", "nifti", "dicom", "fastmri"], default=t.data_format,
@@ -319,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("prior", help="prior name or folder")
     ev.add_argument("--data", default=None,
                     help="held-out scans (folder, file or glob, read with the prior's recipe); default: the "
-                         "prior's built-in held-out data (ellipses, mni152, motion-kernels, or its validation files)")
+                         "prior's built-in held-out data (ellipses, mni152, motion-kernels, darcy-fields, or its validation files)")
     ev.add_argument("--tune-data", default=None,
                     help="scans that tune TV's weight (default with --data: half of --data's files, split by file)")
     ev.add_argument("--sigma", type=bounded(float, 0, low_open=True), default=0.1, help="noise std in physical units (default: %(default)s)")

@@ -5,6 +5,8 @@ Sources (``--data``):
 - ``ellipses``: seeded random-ellipse CT phantoms (``invsolve.phantoms``), fresh every step;
 - ``motion-kernels``: seeded ``motionblur`` kernels of ``size`` x ``size`` divided by their peak
   (``invsolve.kernels``), fresh every step: the kernel prior of BlindDPS;
+- ``darcy-fields``: seeded two-valued permeability fields (``invsolve.fields``, FNO's Darcy data),
+  fresh every step: the field prior of the Darcy inverse problem;
 - a folder, file or glob of **images** (PNG, JPEG, TIFF, ...; Pillow), **NIfTI** volumes
   (``.nii``/``.nii.gz``; nibabel), **DICOM** series (pydicom) or **fastMRI HDF5** files (h5py);
 - ``mni152``: the MRI brain recipe on nilearn's offline MNI152 2009a templates (T1, grey- and
@@ -55,7 +57,8 @@ from torch.nn import functional as F
 
 from ..errors import ConfigError, DataError, InvsolveError
 from ..fastmri.reader import checked_dataset
-from ..kernels import INTENSITY, heldout_motion_kernels, random_motion_kernels
+from ..fields import ALPHA, HELDOUT_FIELD_SEED, TAU, heldout_fields, random_fields
+from ..kernels import HELDOUT_KERNEL_SEED, INTENSITY, heldout_motion_kernels, random_motion_kernels
 from ..phantoms import random_ellipses
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".pgm")
@@ -576,26 +579,60 @@ def ellipse_data(config) -> TrainingData:
                                                     "slices": config.val_images}})
 
 
-def kernel_data(config) -> TrainingData:
-    """Motion-blur kernels (``invsolve.kernels``): peak 1 in image units, [0, 1] -> [-1, 1] as the
-    official BlindDPS kernel model; validation on held-out kernels."""
+@dataclasses.dataclass(frozen=True)
+class GeneratedSource:
+    """A ``--data`` source drawn fresh every step from seeded generators (no files, no finite set).
+
+    ``train(n, size, generator)`` draws training images (seeds below ``2**31``), ``heldout(n, size)``
+    the held-out ones (seeds from ``2**31``, never drawn in training); both in [0, 1], one channel.
+    """
+
+    train: Callable
+    heldout: Callable
+    module: str
+    summary: str
+    units: str
+    heldout_seed: int
+    details: dict
+
+    def label(self, fn: Callable) -> str:
+        return f"{self.module}.{fn.__name__}"
+
+
+GENERATED_SOURCES = {
+    "motion-kernels": GeneratedSource(
+        random_motion_kernels, heldout_motion_kernels, "invsolve.kernels",
+        f"motion-blur kernels (motionblur, intensity {INTENSITY})", "kernel / peak", HELDOUT_KERNEL_SEED,
+        {"intensity": INTENSITY, "units": "kernel divided by its peak (a blur uses it normalised to sum 1)"}),
+    "darcy-fields": GeneratedSource(
+        random_fields, heldout_fields, "invsolve.fields",
+        f"two-valued Darcy permeability fields (thresholded GRF, alpha {ALPHA:g}, tau {TAU:g})", "field indicator",
+        HELDOUT_FIELD_SEED, {"alpha": ALPHA, "tau": TAU, "units": "1 where the field is high (a = 12), 0 where low (a = 3)"}),
+}
+"""The generated ``--data`` sources: each is its generator's training stream and its held-out set."""
+
+
+def generated_data(config) -> TrainingData:
+    """A ``GENERATED_SOURCES`` source: [0, 1] -> [-1, 1] in model space, validated on the validation seed."""
+    source = GENERATED_SOURCES[config.data]
     if config.representation != "magnitude" or tuple(config.augment):
-        raise ConfigError("the motion-kernels source takes no --augment and no --representation complex")
+        raise ConfigError(f"the {config.data} source takes no --augment and no --representation complex")
 
     def sample(batch, generator):
-        return random_motion_kernels(batch, config.size, generator)
+        return source.train(batch, config.size, generator)
 
-    validation = heldout_motion_kernels(config.val_images, config.size) if config.val_images > 0 else None
+    validation = source.train(config.val_images, config.size, torch.Generator().manual_seed(VALIDATION_SEED)) \
+        if config.val_images > 0 else None  # as the ellipses: the held-out draws stay for the evaluation alone
     return TrainingData(sample=sample, validation=validation, channels=1, scale=2.0, offset=-1.0,
-                        physical_range=(0.0, 1.0), summary=f"motion-blur kernels (motionblur, intensity {INTENSITY})",
-                        description={"source": "invsolve.kernels.random_motion_kernels", "seed": config.seed,
-                                     "intensity": INTENSITY, "physical_range": [0.0, 1.0],
-                                     "units": "kernel divided by its peak (a blur uses it normalised to sum 1)",
-                                     "note": "fresh kernels every step (no finite training set)",
-                                     "validation": {"source": "heldout_motion_kernels", "slices": config.val_images}})
+                        physical_range=(0.0, 1.0), summary=source.summary,
+                        description={"source": source.label(source.train), "seed": config.seed, **source.details,
+                                     "physical_range": [0.0, 1.0],
+                                     "note": "fresh draws every step (no finite training set)",
+                                     "validation": {"source": source.train.__name__, "seed": VALIDATION_SEED,
+                                                    "slices": config.val_images}})
 
 
-BUILTIN_SOURCES = ("ellipses", "mni152", "motion-kernels")
+BUILTIN_SOURCES = ("ellipses", "mni152", *GENERATED_SOURCES)
 """``--data`` names that are generated or shipped, not files (each has its own held-out set)."""
 
 
@@ -721,6 +758,6 @@ def build(config) -> TrainingData:
         return ellipse_data(config)
     if config.data == "mni152":
         return mni152_data(config)
-    if config.data == "motion-kernels":
-        return kernel_data(config)
+    if config.data in GENERATED_SOURCES:
+        return generated_data(config)
     return file_data(config)

@@ -35,7 +35,6 @@ import torch
 from deepinv.models import TVDenoiser
 
 from ..errors import CheckpointError, ConfigError, DataError
-from ..kernels import HELDOUT_KERNEL_SEED, heldout_motion_kernels, random_motion_kernels
 from ..phantoms import HELDOUT_SEED, heldout_phantoms, random_ellipses
 from . import datasets
 from .base import Prior, PriorCard
@@ -182,8 +181,8 @@ def heldout_data(card, n: int = 32, tune: int = 8, seed: int = 0) -> tuple[torch
 
     - ellipses: the first ``n`` held-out phantoms (``heldout_phantoms``); tuning: ``tune`` phantoms
       of the validation stream;
-    - motion-kernels: the first ``n`` held-out kernels (``heldout_motion_kernels``); tuning: ``tune``
-      kernels of the validation seed;
+    - motion-kernels, darcy-fields (``datasets.GENERATED_SOURCES``): the first ``n`` held-out draws
+      (``heldout_motion_kernels``, ``heldout_fields``); tuning: ``tune`` training draws of the validation seed;
     - mni152: the held-out brains ``datasets.brain_heldout_sets`` (all their slices; ``n`` ignored);
       tuning: ``tune`` training-distribution crops of the MNI152 templates without augmentation;
     - files: up to ``n`` evenly spaced slices of the validation files of the recipe's split (the
@@ -200,12 +199,13 @@ def heldout_data(card, n: int = 32, tune: int = 8, seed: int = 0) -> tuple[torch
         return images, tune_images, {"source": f"invsolve.phantoms.heldout_phantoms (seed {HELDOUT_SEED}), "
                                                "never used in training",
                                      "tv_tuning": f"{tune} random_ellipses of seed {datasets.VALIDATION_SEED}"}
-    if source == "motion-kernels":
-        images = heldout_motion_kernels(n, size)
-        tune_images = random_motion_kernels(tune, size, torch.Generator().manual_seed(datasets.VALIDATION_SEED))
-        return images, tune_images, {"source": f"invsolve.kernels.heldout_motion_kernels (seeds from "
-                                               f"{HELDOUT_KERNEL_SEED}), never used in training",
-                                     "tv_tuning": f"{tune} random_motion_kernels of seed {datasets.VALIDATION_SEED}"}
+    if source in datasets.GENERATED_SOURCES:
+        gen = datasets.GENERATED_SOURCES[source]
+        images = gen.heldout(n, size)
+        tune_images = gen.train(tune, size, torch.Generator().manual_seed(datasets.VALIDATION_SEED))
+        return images, tune_images, {"source": f"{gen.label(gen.heldout)} (seeds from {gen.heldout_seed}), "
+                                               "never used in training",
+                                     "tv_tuning": f"{tune} {gen.train.__name__} of seed {datasets.VALIDATION_SEED}"}
     if source == "mni152":
         config = _recipe_config(card, augment=(), val_images=0)
         sets = datasets.brain_heldout_sets(size, tuple(config.percentiles))

@@ -468,7 +468,8 @@ def model_card(config: TrainConfig, objective: Objective, data: "datasets.Traini
     scale, offset = (data.scale, data.offset) if data is not None else (2.0, -1.0)
     physical_range = data.physical_range if data is not None else (0.0, 1.0)
     summary = data.summary if data is not None else "random-ellipse CT phantoms"
-    units = {"ellipses": "attenuation", "motion-kernels": "kernel / peak"}.get(config.data, "normalised intensity")
+    units = ("attenuation" if config.data == "ellipses" else datasets.GENERATED_SOURCES[config.data].units
+             if config.data in datasets.GENERATED_SOURCES else "normalised intensity")
     if config.latent_channels:  # the card of the latent stage: latents at unit scale are the model space
         size = config.prior_size
         return PriorCard(
