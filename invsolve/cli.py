@@ -52,7 +52,8 @@ def _train(args) -> int:
                          augment=tuple(args.augment), val_fraction=args.val_fraction, val_every=args.val_every,
                          val_images=args.val_images, val_sigmas=tuple(args.val_sigmas),
                          latent_channels=args.latent_channels, ae_channels=tuple(args.ae_channels),
-                         ae_steps=args.ae_steps, ae_beta=args.ae_beta)
+                         ae_steps=args.ae_steps, ae_beta=args.ae_beta, bridge_operator=args.bridge_operator,
+                         bridge_sigma_y=args.bridge_sigma_y)
     run_dir = args.run_dir or f"runs/{args.name}"
     out = train_prior(config, run_dir, args.out or run_dir, progress=not args.quiet, max_seconds=args.max_seconds,
                 evaluate=not args.no_evaluate)
@@ -239,8 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     t = TrainConfig()
     train = sub.add_parser("train", help="train (or resume) a diffusion (EDM) or flow prior; interrupt and rerun to resume")
     train.add_argument("--name", default=t.name)
-    train.add_argument("--objective", choices=["edm", "flow"], default=t.objective,
-                       help="edm: diffusion prior (EDM); flow: rectified-flow prior (default: %(default)s)")
+    train.add_argument("--objective", choices=["edm", "flow", "bridge"], default=t.objective,
+                       help="edm: diffusion prior (EDM); flow: rectified-flow prior; bridge: an I2SB bridge from "
+                            "the reconstructions of --bridge-operator measurements, for the samplers i2sb and cddb "
+                            "(default: %(default)s)")
+    train.add_argument("--bridge-operator", default=t.bridge_operator,
+                       help="with --objective bridge: the operator (or preset) whose measurements the bridge undoes, "
+                            "built with img_size=--size (default: %(default)s)")
+    train.add_argument("--bridge-sigma-y", type=bounded(float, 0), default=t.bridge_sigma_y,
+                       help="with --objective bridge: noise std of its measurements, physical units (default: %(default)s)")
     train.add_argument("--data", default=t.data,
                        help="'ellipses' (random-ellipse CT phantoms, the default), 'mni152' (MRI brain recipe on "
                             "nilearn's MNI152 templates), 'motion-kernels' (blur kernels of --size, for BlindDPS), "

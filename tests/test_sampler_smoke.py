@@ -34,7 +34,7 @@ import invsolve as iv
 import operators as ops
 from invsolve.priors import Prior, PriorCard
 from invsolve.priors.adapters import make_denoiser
-from operators.errors import PhysicsError
+from operators.errors import ConfigError, PhysicsError
 
 from test_operator_contracts import CASES, FALLBACK
 
@@ -185,6 +185,10 @@ def test_sampler_runs_on_operator(sampler, operator, dims):
     physics, prior, counter, problem = _setup(sampler, operator, dims)
     n = 2
     overrides = _overrides(sampler)
+    if getattr(iv.samplers.get(sampler), "bridge", False):  # I2SB / CDDB: bridge priors only (tests/test_cddb.py)
+        with pytest.raises(ConfigError, match="needs a bridge prior"):
+            iv.sample(sampler, prior, problem, n_samples=n, generator=torch.Generator().manual_seed(1), **overrides)
+        return
     if getattr(physics, "black_box", False) and not getattr(iv.samplers.get(sampler), "derivative_free", False):
         with pytest.raises(PhysicsError, match="black box.*enkg"):  # forward evaluations only (issue 16)
             iv.sample(sampler, prior, problem, n_samples=n, generator=torch.Generator().manual_seed(1), **overrides)

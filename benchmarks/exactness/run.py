@@ -46,7 +46,7 @@ def main() -> None:
     cache = out / "cache" / f"samples{args.samples}-seed{args.seed}"
     cache.mkdir(parents=True, exist_ok=True)
     rows = []
-    for method in args.samplers or iv.samplers.names():
+    for method in args.samplers or iv.samplers.names(bridge=False):
         for name, physics in linear_problems().items():
             for sigma_y in (0.01, 0.1):
                 problem = measure(gm, physics, sigma_y)

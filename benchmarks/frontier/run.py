@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import math
 import platform
@@ -42,6 +41,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import invsolve as iv  # noqa: E402
 from helpers import linear_problems, measure, mixture  # noqa: E402
@@ -49,18 +49,10 @@ from invsolve.baselines import tv  # noqa: E402
 from invsolve.exactness import exactness_report  # noqa: E402
 from invsolve.metrics import psnr, ssim  # noqa: E402
 from invsolve.phantoms import heldout_phantoms  # noqa: E402
+from sibling import load_run  # noqa: E402
 
 
-def _load_phantom_benchmark():
-    """benchmarks/phantom/run.py as the module ``phantom_run`` (both scripts are called run.py)."""
-    spec = importlib.util.spec_from_file_location("phantom_run", ROOT / "benchmarks" / "phantom" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["phantom_run"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-phantom = _load_phantom_benchmark()
+phantom = load_run("phantom")
 
 NFES = (20, 50, 100, 200, 1000)
 QUICK_NFES = (20, 50)
@@ -98,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.samples < 2:
         parser.error("--samples must be >= 2 (calibration needs a posterior std)")
-    args.samplers = args.samplers or iv.samplers.names()
+    args.samplers = args.samplers or iv.samplers.names(bridge=False)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import json
 import sys
 import time
@@ -38,16 +37,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
 
-def _load_frontier():
-    """benchmarks/frontier/run.py as the module ``frontier_run`` (every benchmark script is called run.py)."""
-    spec = importlib.util.spec_from_file_location("frontier_run", ROOT / "benchmarks" / "frontier" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["frontier_run"] = module
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from sibling import load_run  # noqa: E402
 
-
-frontier = _load_frontier()
+frontier = load_run("frontier")
 iv = frontier.iv
 
 ROWS = {  # prior -> samplers, in table order

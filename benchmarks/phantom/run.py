@@ -305,7 +305,7 @@ def main() -> None:
                         help="an earlier results.json made with the same settings: valid rows serve as cache "
                              "entries, rows of tasks/methods not run now are kept in the tables")
     args = parser.parse_args()
-    samplers = args.samplers or iv.samplers.names()
+    samplers = args.samplers or iv.samplers.names(bridge=False)
     out = Path(args.out)
     cache = out / "cache" / f"phantoms{args.phantoms}-samples{args.samples}-nfe{args.nfe}-seed{args.seed}"
     cache.mkdir(parents=True, exist_ok=True)

@@ -161,7 +161,7 @@ def run_task(task: str, args, writer_rows: list[dict], flush=lambda: None) -> No
     print(f"[{task}] LinearPart backend with gram_max={GRAM_MAX}: {lin.backend}; setup {setup:.2f} s "
           f"(operator calls {setup_ops}); load {load()}", flush=True)
     shape = tuple(view.x_shape)
-    names = args.samplers or iv.samplers.names()
+    names = args.samplers or iv.samplers.names(bridge=False)
     seen_kinds: dict[str, set] = {}
     for name in names:  # a sampler's before/after pairs at every NFE first: a partial run is still a comparison
         for nfe in args.nfe:

@@ -19,7 +19,7 @@ from ..problem import ModelProblem, Problem, UnitMap, fit_physics
 from operators.errors import CheckpointError, ConfigError
 from .adapters import PARAMETERIZATIONS
 
-KINDS = ("diffusion", "flow", "exact")
+KINDS = ("diffusion", "flow", "exact", "bridge")
 
 
 @dataclasses.dataclass
@@ -32,7 +32,7 @@ class PriorCard:
     """
 
     name: str
-    kind: str  # "diffusion" | "flow" | "exact"
+    kind: str  # "diffusion" | "flow" | "exact" | "bridge"
     parameterization: str
     shape: tuple[int, ...]
     scale: float = 1.0
@@ -81,7 +81,7 @@ class PriorCard:
                 raise bad(field, f"must be a string, got {data[field]!r}")
         if data["kind"] not in KINDS:
             raise bad("kind", f"is {data['kind']!r}, not one of {list(KINDS)}")
-        if data["parameterization"] not in PARAMETERIZATIONS + ("exact",):
+        if data["parameterization"] not in PARAMETERIZATIONS + ("exact", "i2sb"):
             raise bad("parameterization", f"is {data['parameterization']!r}, not one of {list(PARAMETERIZATIONS)}")
         shape = data["shape"]
         if (not isinstance(shape, (list, tuple)) or not shape

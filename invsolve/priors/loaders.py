@@ -41,6 +41,7 @@ from .checkpoints.io import (check_finite, check_sha256, load_state_strict, read
                              sha256, tensors_only)
 from .checkpoints.score_sde import is_score_sde, load_score_sde
 from .autoencoder import Autoencoder, Decoder, Encoder
+from .bridge import BridgePrior
 from .latent import LatentPrior
 from .unet import UNet
 
@@ -197,6 +198,8 @@ def _load_invsolve(folder: Path, verify: bool = True, sha256_expected: str | Non
     net.eval().requires_grad_(False)
     if name:
         card.name = name
+    if card.kind == "bridge":
+        return BridgePrior(net, card)
     options = {"sigma_data": card.sigma_data} if card.parameterization == "edm" else {}
     prior = Prior(make_denoiser(card.parameterization, net, **options), card)
     if ae is None:

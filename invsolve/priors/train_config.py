@@ -12,13 +12,13 @@ import math
 
 from ..errors import ConfigError
 
-OBJECTIVES = ("edm", "flow")
+OBJECTIVES = ("edm", "flow", "bridge")
 
 
 @dataclasses.dataclass
 class TrainConfig:
     name: str = "ct-phantom64"
-    objective: str = "edm"          # "edm" (diffusion) or "flow" (rectified flow)
+    objective: str = "edm"          # "edm" (diffusion), "flow" (rectified flow) or "bridge" (I2SB)
     data: str = "ellipses"          # data source; see ``datasets.build``
     size: int = 64
     channels: tuple[int, ...] = (32, 64, 96, 96)
@@ -53,6 +53,9 @@ class TrainConfig:
     ae_channels: tuple[int, ...] = (16, 32, 64)  # autoencoder widths; the latents are 2 ** (len - 1) times smaller
     ae_steps: int = 2000            # autoencoder training steps (Adam, lr, warmup and batch as above)
     ae_beta: float = 1e-4           # weight of the penalty mean(z^2) on the raw latents
+    # bridge priors (objective "bridge"): the degradation the bridge undoes
+    bridge_operator: str = "ct-sparse8"  # an operators.make name, built with img_size=size
+    bridge_sigma_y: float = 0.1     # noise std of its measurements (physical units)
 
     @property
     def prior_size(self) -> int:
@@ -67,7 +70,14 @@ class TrainConfig:
         is read (``datasets.build``).
         """
         if self.objective not in OBJECTIVES:
-            raise ConfigError(f"objective must be 'edm' or 'flow', got {self.objective!r}")
+            raise ConfigError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective == "bridge":
+            if self.latent_channels:
+                raise ConfigError("a bridge prior (objective 'bridge') is trained in pixel space: drop --latent-channels")
+            if not isinstance(self.bridge_operator, str) or not self.bridge_operator:
+                raise ConfigError(f"bridge_operator must name an operator (invsolve list operators), got {self.bridge_operator!r}")
+            if not (_is_number(self.bridge_sigma_y) and math.isfinite(self.bridge_sigma_y) and self.bridge_sigma_y >= 0):
+                raise ConfigError(f"bridge_sigma_y must be a finite number >= 0, got {self.bridge_sigma_y!r}")
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"name must be a non-empty string, got {self.name!r}")
         for field in ("size", "batch", "steps", "checkpoint_every"):

@@ -18,6 +18,12 @@ the weight ``lambda(sigma)`` and the adapter:
   ``lambda = ((1 + sigma) / sigma)^2 = 1 / t^2``, adapter ``flow-velocity`` (the same loss,
   see ``flow_objective``).
 
+- ``bridge`` (I2SB, Liu et al. 2023; ``invsolve.priors.bridge``): not a denoiser but a bridge from
+  the reconstruction ``x1`` of a measurement (``bridge_operator``, noise ``bridge_sigma_y``) to the
+  clean ``x0``: ``t ~ U{0..999}``, ``x_t ~ q(x_t | x0, x1)``, loss ``||F(x_t, t) - (x_t - x0) / sigma_f(t)||^2``
+  (``bridge_loss``); exported as a ``BridgePrior`` for the samplers ``i2sb`` and ``cddb``. Bridge runs
+  have no in-loop validation curve; their export is evaluated on held-out phantoms (``evaluation``).
+
 Adam with a linear warm-up; an exponential moving average (EMA) of the weights is what gets exported.
 
 Data (``data``, see ``invsolve.priors.datasets``): random-ellipse phantoms, the MNI152 brain recipe,
@@ -62,6 +68,7 @@ from .adapters import Denoiser, make_denoiser
 from .autoencoder import Autoencoder
 from .autoencoder_training import train_autoencoder
 from .base import Prior, PriorCard
+from .bridge import BridgePrior, BridgeSchedule, bridge_start
 from .evaluation import denoise_physical, evaluate_prior, psnr_per_image, record_evaluation
 from .checkpoints.io import UnsafeCheckpointError, read_torch
 from .loaders import AUTOENCODER_FILE, load_prior, read_card, sha256
@@ -206,13 +213,59 @@ def flow_objective() -> Objective:
     return Objective("flow", "flow", "flow-velocity", {}, sample_sigma, weight, "Rectified-flow")
 
 
+def bridge_objective() -> Objective:
+    """I2SB (``bridge_loss``): no noise levels or adapter; the network is a ``BridgePrior``'s."""
+
+    def unused(*_):
+        raise ConfigError("a bridge objective has no noise levels: use bridge_loss")
+
+    return Objective("bridge", "bridge", "i2sb", {}, unused, unused, "I2SB bridge")
+
+
 def make_objective(config: TrainConfig) -> Objective:
-    """The ``Objective`` of ``config.objective`` (``edm`` or ``flow``)."""
+    """The ``Objective`` of ``config.objective`` (``edm``, ``flow`` or ``bridge``)."""
     if config.objective == "edm":
         return edm_objective(config.p_mean, config.p_std, config.sigma_data)
     if config.objective == "flow":
         return flow_objective()
-    raise ConfigError(f"objective must be 'edm' or 'flow', got {config.objective!r}")
+    if config.objective == "bridge":
+        return bridge_objective()
+    raise ConfigError(f"objective must be 'edm', 'flow' or 'bridge', got {config.objective!r}")
+
+
+def bridge_operator(config: TrainConfig):
+    """The operator a bridge recipe undoes: ``ops.make(bridge_operator, img_size=size)``."""
+    import operators as ops
+
+    return ops.make(config.bridge_operator, img_size=config.size)
+
+
+def bridge_metadata(config: TrainConfig) -> dict:
+    """The card's ``metadata.bridge``: the degradation (operator, its parameters, noise) and the schedule."""
+    physics = bridge_operator(config)
+    schedule = BridgeSchedule()
+    return {"operator": config.bridge_operator, "params": {"img_size": config.size}, "sigma_y": config.bridge_sigma_y,
+            "start": "fbp(y)" if callable(getattr(physics, "fbp", None)) else "A_dagger(y)",
+            "steps": schedule.n, "beta_max": schedule.beta_max,
+            "loss": "mean ||F(x_t, t) - (x_t - x0) / sigma_f(t)||^2, t ~ U{0..steps-1}, x_t ~ q(x_t | x0, x1)"}
+
+
+def bridge_pairs(physics, x0_physical: torch.Tensor, sigma_y: float, generator: torch.Generator) -> torch.Tensor:
+    """``x1 = bridge_start(physics, A x0 + sigma_y n)`` (physical units) for a batch of clean images."""
+    with torch.no_grad():
+        y = physics.A(x0_physical)
+        y = y + sigma_y * torch.randn(y.shape, generator=generator, dtype=y.dtype)
+        return bridge_start(physics, y).to(x0_physical.dtype)
+
+
+def bridge_loss(prior: BridgePrior, x0: torch.Tensor, x1: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """I2SB's loss ``mean ||F(x_t, t) - (x_t - x0) / sigma_f(t)||^2``, ``t ~ U{0..N-1}`` then ``x_t``'s noise
+    from ``generator`` (model space). ``prior(x_t, t) = x_t - sigma_f F`` makes it ``||x0_hat - x0||^2 / sigma_f^2``."""
+    schedule: BridgeSchedule = prior.schedule
+    t = torch.randint(0, schedule.n, (x0.shape[0],), generator=generator)
+    xt = schedule.marginal(t, x0, x1, torch.randn(x0.shape, generator=generator))
+    std = schedule.std_fwd[t].to(x0.dtype).reshape((-1,) + (1,) * (x0.dim() - 1))
+    return (((prior(xt, t) - x0) / std) ** 2).mean()
 
 
 def denoising_loss(denoiser: Callable, objective: Objective, x0: torch.Tensor,
@@ -275,7 +328,10 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
         torch.manual_seed(config.seed)
         net = UNet(in_channels=card.shape[0], channels=config.channels, attention=config.attention)
-    model = Prior(objective.denoiser(net), card)  # the D(x, sigma) that is trained, and the card's unit map
+    bridge = config.objective == "bridge"
+    physics = bridge_operator(config) if bridge else None
+    # the D(x, sigma) that is trained (a bridge: x0_hat(x_t, t)), and the card's unit map
+    model = BridgePrior(net, card) if bridge else Prior(objective.denoiser(net), card)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     data_gen = torch.Generator().manual_seed(config.seed)
@@ -317,7 +373,7 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
                      ckpt_path)
 
     def validate():
-        if data.validation is None or not config.val_sigmas:
+        if data.validation is None or not config.val_sigmas or bridge:
             return
         if val_curve and int(val_curve[-1][0]) == step:
             return
@@ -338,7 +394,11 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         if not torch.isfinite(x0).all():
             raise DataError(f"a training batch of {config.data!r} holds NaN or infinite values (step {step + 1}); "
                             f"nothing was exported, {run_dir} keeps its last checkpoint: fix or remove the bad files")
-        loss = denoising_loss(model, objective, x0, noise_gen)
+        if bridge:
+            x1 = model.to_model(bridge_pairs(physics, model.to_physical(x0), config.bridge_sigma_y, noise_gen))
+            loss = bridge_loss(model, x0, x1, noise_gen)
+        else:
+            loss = denoising_loss(model, objective, x0, noise_gen)
         if not torch.isfinite(loss):
             raise ConfigError(f"training diverged at step {step + 1} (loss {loss.item()}); nothing was exported and "
                               f"{run_dir} keeps its last checkpoint: lower --lr (now {config.lr:g}) and start a new "
@@ -470,6 +530,9 @@ def model_card(config: TrainConfig, objective: Objective, data: "datasets.Traini
     summary = data.summary if data is not None else "random-ellipse CT phantoms"
     units = ("attenuation" if config.data == "ellipses" else datasets.GENERATED_SOURCES[config.data].units
              if config.data in datasets.GENERATED_SOURCES else "normalised intensity")
+    if config.objective == "bridge":
+        summary = (f"{summary}, from the reconstructions of their {config.bridge_operator} measurements "
+                   f"(sigma_y {config.bridge_sigma_y:g})")
     if config.latent_channels:  # the card of the latent stage: latents at unit scale are the model space
         size = config.prior_size
         return PriorCard(
@@ -519,6 +582,8 @@ def export(config: TrainConfig, ema: UNet, out_dir: Path, step: int, wall: float
                      "final_loss_mean_last_200": round(sum(tail) / len(tail), 5),
                      "torch": torch.__version__, "device": "cpu", "threads": torch.get_num_threads()},
     }
+    if config.objective == "bridge":
+        metadata["bridge"] = bridge_metadata(config)
     if val_curve:
         last = val_curve[-1]
         metadata["validation"] = {

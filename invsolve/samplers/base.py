@@ -67,9 +67,10 @@ def register(name: str):
     return wrap
 
 
-def names() -> list[str]:
-    """Names of every registered sampler, sorted."""
-    return sorted(_SAMPLERS)
+def names(bridge: bool | None = None) -> list[str]:
+    """Names of every registered sampler, sorted; ``bridge=True`` only those of bridge priors (I2SB,
+    CDDB), ``bridge=False`` only those of diffusion and flow priors."""
+    return sorted(n for n, cls in _SAMPLERS.items() if bridge is None or getattr(cls, "bridge", False) == bridge)
 
 
 def get(name: str) -> type:
@@ -208,6 +209,22 @@ def require_physics_access(name: str, sampler, view) -> None:
                            f"use a derivative-free sampler: {', '.join(free)}")
 
 
+def require_prior_kind(name: str, sampler, prior) -> None:
+    """``ConfigError`` unless a bridge sampler (``bridge = True``: I2SB, CDDB) gets a bridge prior and every
+    other sampler a denoiser prior: a bridge's ``x0_hat(x_t, t)`` is not a denoiser ``D(x, sigma)``."""
+    card = getattr(prior, "card", None)
+    is_bridge = getattr(card, "kind", None) == "bridge"
+    wants_bridge = getattr(type(sampler), "bridge", False)
+    if is_bridge and not wants_bridge:
+        bridges = names(bridge=True)
+        raise ConfigError(f"prior {card.name!r} is an I2SB bridge, not a diffusion or flow prior: sample it with "
+                          f"{' or '.join(bridges)}, not {name!r}")
+    if wants_bridge and not is_bridge:
+        raise ConfigError(f"sampler {name!r} needs a bridge prior (invsolve train --objective bridge, e.g. "
+                          f"ct-phantom64-bridge-sparse8); prior {getattr(card, 'name', type(prior).__name__)!r} is a "
+                          f"{getattr(card, 'kind', 'different')} prior")
+
+
 def sample(name: str, prior, problem, n_samples: int = 1, generator: Generator = None,
            preset: str | None = None, callback: Callable[[dict], None] | None = None, **overrides) -> Posterior:
     """Draw ``n_samples`` posterior samples for every measurement of ``problem``.
@@ -221,6 +238,7 @@ def sample(name: str, prior, problem, n_samples: int = 1, generator: Generator =
     if not isinstance(generator, (torch.Generator, type(None))) and len(generator) != n_samples:
         raise ConfigError(f"got {len(generator)} generators for n_samples={n_samples}; pass one per draw or a single one")
     sampler = configure(name, preset, **overrides)
+    require_prior_kind(name, sampler, prior)
     view = prior.model_problem(problem)
     require_physics_access(name, sampler, view)
     x_shape = StateShape((n_samples * view.batch, *view.x_shape), dtype=view.dtype)

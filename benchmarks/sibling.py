@@ -1,0 +1,20 @@
+"""Load another benchmark's ``run.py`` as a module of its own (every benchmark script is called run.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_run(folder: str):
+    """``benchmarks/<folder>/run.py`` as the module ``<folder>_run`` (loaded once per process)."""
+    name = f"{folder}_run"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, HERE / folder / "run.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
