@@ -70,6 +70,11 @@ def _train(args) -> int:
 def _format_evaluation(result: dict) -> str:
     if "skipped" in result:
         return f"held-out evaluation skipped: {result['skipped']}"
+    if "start_psnr_db" in result:  # a bridge prior (evaluation.bridge_vs_tv)
+        return (f"held-out {result['operator']} reconstruction at sigma_y {result['sigma']:g} ({result['images']} images): "
+                f"I2SB at {result['nfe']} NFE {result['prior_psnr_db']:.2f} dB, TV {result['tv_psnr_db']:.2f} dB "
+                f"(weight {result['tv_weight']:g}), gain {result['gain_db']:+.2f} dB; its start (FBP / least squares) "
+                f"{result['start_psnr_db']:.2f} dB")
     lines = [f"held-out denoising at sigma {result['sigma']:g} ({result['images']} images): prior "
              f"{result['prior_psnr_db']:.2f} dB, TV {result['tv_psnr_db']:.2f} dB (weight {result['tv_weight']:g}), "
              f"gain {result['gain_db']:+.2f} dB; noisy input {result['noisy_psnr_db']:.2f} dB"]

@@ -58,7 +58,7 @@ from .io import finish_output, load_nifti, prepare_output, save_figure, save_nif
 from .metrics import psnr, ssim
 from .priors import load_prior
 from .problem import Problem, fit_physics
-from .samplers import names as sampler_names, sample
+from .samplers import get as get_sampler, names as sampler_names, sample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DEFAULT_PRIOR = "ct-phantom64"
@@ -420,7 +420,10 @@ def _run(config: ReconstructConfig, progress, log):
         y, size = measured, tuple(prior.image_shape[-2:])
         check_on = _classical(physics, y)
     record["sigma_y"] = sigma_y
-    if config.check_fit:
+    if config.check_fit and prior.card.kind == "bridge":  # x0_hat(x_t, t) is no denoiser: nothing to check it with
+        log(f"prior {prior.card.name!r} is a bridge (I2SB): no denoising fit check; its card's held-out figure is "
+            f"{prior.card.metadata.get('evaluation', {}).get('prior_psnr_db', 'not recorded')} dB")
+    elif config.check_fit:
         fit = prior_fit(prior, check_on.float())
         record["fit"] = fit
         log(fit["message"])
@@ -429,8 +432,9 @@ def _run(config: ReconstructConfig, progress, log):
     if fastmri and config.preset is None:  # the benchmark's settings for SENSE MRI (fastmri/runner.py)
         overrides = {**SAMPLER_DEFAULTS.get(config.sampler, {}), **overrides}
         record["sampler_defaults"] = "invsolve.fastmri.runner.SAMPLER_DEFAULTS"
-    if config.steps is not None:
-        overrides["steps"] = int(config.steps)
+    if config.steps is not None:  # a bridge sampler counts network evaluations (nfe), not steps
+        fields = {f.name for f in dataclasses.fields(get_sampler(config.sampler))}
+        overrides["nfe" if "steps" not in fields and "nfe" in fields else "steps"] = int(config.steps)
     generators = [torch.Generator(device=config.device).manual_seed(config.seed * 1000 + j) for j in range(config.samples)]
     post = sample(config.sampler, prior, problem, n_samples=config.samples, generator=generators,
                   preset=config.preset, callback=progress, **overrides)
