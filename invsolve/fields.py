@@ -20,6 +20,7 @@ import math
 
 import numpy as np
 import torch
+from scipy.fft import idctn
 
 ALPHA, TAU = 2.0, 3.0
 """FNO's Darcy field parameters (smoothness and length scale of the random field)."""
@@ -29,8 +30,6 @@ HELDOUT_FIELD_SEED = 2 ** 31
 
 def fields_from_seeds(seeds, size: int, alpha: float = ALPHA, tau: float = TAU) -> torch.Tensor:
     """Two-valued fields of the given seeds, (n, 1, size, size) float32 in {0, 1}."""
-    from scipy.fft import idctn
-
     k = np.arange(size, dtype=np.float64)
     k1, k2 = np.meshgrid(k, k, indexing="ij")
     std = tau ** (alpha - 1) * (math.pi ** 2 * (k1 ** 2 + k2 ** 2) + tau ** 2) ** (-alpha / 2)

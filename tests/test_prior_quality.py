@@ -7,6 +7,12 @@ pixel bar (TV + 1 dB) sits within 0.4 dB of the ceiling. Latent priors are held 
 below (measured: 7.3 dB over the noisy input, 2.8 dB under the ceiling, -1.35 dB against TV; see
 docs/priors.md), and the card must record the ceiling.
 
+A shipped bridge prior (card kind ``bridge``) is no denoiser: its card records one I2SB draw at 20 NFE
+on held-out measurements of its own operator against TV (``evaluation.bridge_vs_tv``). The bridge
+alone is not held to TV + 1 dB: ``ct-phantom64-bridge-sparse8`` (1500 CPU steps) measures -2.06 dB
+against TV and +5.54 dB over its FBP start; it ships for CDDB, whose data-consistency step brings it
+above TV (benchmarks/cddb/results.md). It must beat its start image by BRIDGE_MIN_OVER_START_DB.
+
 The fast test reads the figure recorded in the prior's card (``metadata.evaluation``, written by
 ``invsolve train`` or ``invsolve evaluate PRIOR --write-card``); the ``slow`` test re-measures it
 with the recorded settings and checks it against the card.
@@ -22,6 +28,7 @@ SHIPPED = sorted(p.parent.name for p in PRIORS.glob("*/card.json") if (p.parent 
 MIN_GAIN_DB = 1.0
 LATENT_MIN_OVER_NOISY_DB = 5.0  # a latent prior must still denoise
 LATENT_MAX_UNDER_CEILING_DB = 3.0  # ... and lose at most this much to its own autoencoder
+BRIDGE_MIN_OVER_START_DB = 3.0  # a bridge must improve on the classical reconstruction it starts from
 TOLERANCE_DB = 0.05
 
 
@@ -37,7 +44,14 @@ def _is_latent(name):
     return "autoencoder" in json.loads((PRIORS / name / "card.json").read_text())["metadata"]
 
 
+def _kind(name):
+    return json.loads((PRIORS / name / "card.json").read_text())["kind"]
+
+
 def _check_gain(name, evaluation):
+    if _kind(name) == "bridge":
+        assert evaluation["prior_psnr_db"] >= evaluation["start_psnr_db"] + BRIDGE_MIN_OVER_START_DB, evaluation
+        return
     if not _is_latent(name):
         assert evaluation["gain_db"] >= MIN_GAIN_DB, (
             f"{name}: prior {evaluation['prior_psnr_db']} dB vs TV {evaluation['tv_psnr_db']} dB at sigma 0.1")
@@ -51,6 +65,7 @@ def _check_gain(name, evaluation):
 def test_some_prior_is_shipped():
     assert "ct-phantom64" in SHIPPED
     assert "ct-phantom64-latent" in SHIPPED
+    assert "ct-phantom64-bridge-sparse8" in SHIPPED
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -12,8 +12,9 @@ Tasks (held-out truths, never used to choose settings: ``heldout_phantoms`` or `
   (3 + 9 x), 16 x 16 pressure sensors, Gaussian noise 1 % of the largest reading, with ``ct-phantom64``
   as the field prior. No gradients exist: EnKG against the prior alone (its PF-ODE samples, no data).
 - ``darcy-fields``: the same PDE and sensors on FNO's Darcy fields (``invsolve.fields``: thresholded
-  Gaussian random fields, held-out seeds), with the PDE prior ``darcy-fields64`` trained on such fields
-  by ``invsolve train --data darcy-fields`` (settings chosen on training-seed fields).
+  Gaussian random fields, held-out seeds), with a PDE prior ``darcy-fields64`` trained on such fields
+  by ``invsolve train --data darcy-fields`` (settings chosen on training-seed fields). Not run by
+  default: that prior is not shipped yet (docs/priors.md).
 
 Every row: PSNR / SSIM of the posterior mean (clamped to [0, 1]), relative L2 error, denoiser
 evaluations (NFE) and forward-model evaluations per posterior sample, CPU seconds (1 thread). EnKG's
@@ -212,7 +213,9 @@ def report(rows: list[dict], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--tasks", nargs="+", default=["transmission", "darcy"], choices=list(SETUPS),
+                        help="darcy-fields needs a field prior darcy-fields64 (invsolve train --data darcy-fields), "
+                             "not shipped yet")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = HERE / "cache"

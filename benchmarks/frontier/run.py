@@ -41,7 +41,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks" / "common"))
 
 import invsolve as iv  # noqa: E402
 from helpers import linear_problems, measure, mixture  # noqa: E402

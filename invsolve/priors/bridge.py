@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import torch
 
+import operators as ops
+
+from .. import baselines
 from ..errors import ConfigError
 from .base import Prior, PriorCard
 
@@ -73,16 +76,12 @@ class BridgeSchedule:
 
 def bridge_start(physics, y: torch.Tensor) -> torch.Tensor:
     """``x1`` of the bridge in physical units: the FBP where the operator has one, else least squares."""
-    from .. import baselines
-
     with torch.no_grad():
         return (baselines.fbp if callable(getattr(physics, "fbp", None)) else baselines.least_squares)(physics, y)
 
 
 def bridge_physics(card: PriorCard):
     """The operator a bridge card was trained for (``metadata.bridge``: ``operator``, ``params``)."""
-    import operators as ops
-
     info = card.metadata.get("bridge") or {}
     if "operator" not in info:
         raise ConfigError(f"prior {card.name!r} is a bridge without metadata.bridge.operator in its card")

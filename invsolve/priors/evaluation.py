@@ -34,10 +34,14 @@ from pathlib import Path
 import torch
 from deepinv.models import TVDenoiser
 
+from ..baselines import tv
 from ..errors import CheckpointError, ConfigError, DataError
+from ..problem import Problem
+from ..samplers import sample
 from ..phantoms import HELDOUT_SEED, heldout_phantoms, random_ellipses
 from . import datasets
 from .base import Prior, PriorCard
+from .bridge import bridge_physics, bridge_start
 from .latent import LatentPrior
 from .loaders import load_prior, sha256
 from .train_config import TrainConfig
@@ -242,11 +246,6 @@ def bridge_vs_tv(prior, images: torch.Tensor, tune_images: torch.Tensor, seed: i
     (``metadata.bridge``), noise seeded by ``seed``; TV's weight is the best of ``BRIDGE_TV_GRID`` on
     ``tune_images`` (disjoint from ``images``). One I2SB draw per image, generator ``seed``.
     """
-    from ..baselines import tv
-    from ..problem import Problem
-    from ..samplers import sample
-    from .bridge import bridge_physics, bridge_start
-
     physics, sigma_y = bridge_physics(prior.card), prior.sigma_y
 
     def measure(x, s):

@@ -60,6 +60,8 @@ from matplotlib.figure import Figure
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+import operators as ops
+
 from ..errors import CheckpointError, ConfigError, DataError
 from ..io import save_figure
 from . import datasets
@@ -235,8 +237,6 @@ def make_objective(config: TrainConfig) -> Objective:
 
 def bridge_operator(config: TrainConfig):
     """The operator a bridge recipe undoes: ``ops.make(bridge_operator, img_size=size)``."""
-    import operators as ops
-
     return ops.make(config.bridge_operator, img_size=config.size)
 
 

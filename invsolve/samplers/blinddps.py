@@ -42,10 +42,13 @@ import dataclasses
 import math
 
 import torch
+from deepinv.physics import Blur
+from deepinv.physics.functional import conv2d
 
 from operators.errors import ConfigError, PhysicsError
 
 from ..kernels import as_blur
+from ..priors.loaders import load_prior
 from .base import register
 from .toolkit import (ancestral_step, check_weight_rule, ddpm_steps_spanned, model_clip, polyak_weight, randn, report,
                       sigma_grid, squared_norms, step_noise)
@@ -55,8 +58,6 @@ KERNEL_REG_ORDS = (1, 2)
 
 def blur_padding(problem) -> str:
     """The padding of the problem's blur (a deepinv ``Blur``), or a ``PhysicsError``."""
-    from deepinv.physics import Blur
-
     physics = problem.physics
     if not isinstance(physics, Blur) or getattr(physics, "filter", None) is None or physics.filter.dim() != 4:
         raise PhysicsError(f"blinddps estimates the kernel of a 2D blur and needs a deepinv Blur "
@@ -66,8 +67,6 @@ def blur_padding(problem) -> str:
 
 def convolve(x: torch.Tensor, kernels: torch.Tensor, padding: str) -> torch.Tensor:
     """Each image of ``x`` (N, C, H, W) blurred by its own kernel (N, 1, h, w), as deepinv's ``Blur.A``."""
-    from deepinv.physics.functional import conv2d
-
     return conv2d(x, kernels.to(x.dtype), padding=padding)
 
 
@@ -114,8 +113,6 @@ class BlindDPS:
                               f"got {self.kernel_reg}, {self.kernel_reg_ord}")
 
     def load_kernel_prior(self, device):
-        from ..priors.loaders import load_prior
-
         kprior = load_prior(self.kernel_prior)
         if len(kprior.shape) != 3 or kprior.shape[0] != 1 or hasattr(kprior, "decode"):
             raise ConfigError(f"blinddps: kernel_prior {self.kernel_prior!r} must be a 1-channel 2D pixel prior "

@@ -1,4 +1,8 @@
-"""Load another benchmark's ``run.py`` as a module of its own (every benchmark script is called run.py)."""
+"""Load another benchmark's ``run.py`` as a module of its own (every benchmark script is called run.py).
+
+It lives in ``benchmarks/common/`` because ``benchmarks/`` itself must not go on ``sys.path``: its
+``operators/`` folder would shadow the ``operators`` package.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,14 @@ import importlib.util
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+BENCHMARKS = Path(__file__).resolve().parents[1]
 
 
 def load_run(folder: str):
     """``benchmarks/<folder>/run.py`` as the module ``<folder>_run`` (loaded once per process)."""
     name = f"{folder}_run"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE / folder / "run.py")
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / folder / "run.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
