@@ -58,7 +58,7 @@ from .io import finish_output, load_nifti, prepare_output, save_figure, save_nif
 from .metrics import psnr, ssim
 from .priors import load_prior
 from .problem import Problem, fit_physics
-from .samplers import get as get_sampler, names as sampler_names, sample
+from .samplers import names as sampler_names, sample
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DEFAULT_PRIOR = "ct-phantom64"
@@ -432,9 +432,8 @@ def _run(config: ReconstructConfig, progress, log):
     if fastmri and config.preset is None:  # the benchmark's settings for SENSE MRI (fastmri/runner.py)
         overrides = {**SAMPLER_DEFAULTS.get(config.sampler, {}), **overrides}
         record["sampler_defaults"] = "invsolve.fastmri.runner.SAMPLER_DEFAULTS"
-    if config.steps is not None:  # a bridge sampler counts network evaluations (nfe), not steps
-        fields = {f.name for f in dataclasses.fields(get_sampler(config.sampler))}
-        overrides["nfe" if "steps" not in fields and "nfe" in fields else "steps"] = int(config.steps)
+    if config.steps is not None:
+        overrides["steps"] = int(config.steps)
     generators = [torch.Generator(device=config.device).manual_seed(config.seed * 1000 + j) for j in range(config.samples)]
     post = sample(config.sampler, prior, problem, n_samples=config.samples, generator=generators,
                   preset=config.preset, callback=progress, **overrides)

@@ -86,12 +86,12 @@ def test_bridge_loss_is_the_i2sb_label_loss(bridge):
 def test_bridge_samplers_are_deterministic_batched_and_count_nfe(bridge, name):
     _, _, problem = ct_problem(bridge)
     gens = lambda: [torch.Generator().manual_seed(s) for s in (0, 1)]  # noqa: E731
-    a = iv.sample(name, bridge, problem, n_samples=2, nfe=4, generator=gens())
-    b = iv.sample(name, bridge, problem, n_samples=2, nfe=4, generator=gens())
+    a = iv.sample(name, bridge, problem, n_samples=2, steps=4, generator=gens())
+    b = iv.sample(name, bridge, problem, n_samples=2, steps=4, generator=gens())
     assert torch.equal(a.samples, b.samples) and a.samples.shape == (2, 2, 1, 32, 32) and a.nfe == 4
-    solo = iv.sample(name, bridge, problem, n_samples=1, nfe=4, generator=[torch.Generator().manual_seed(1)])
+    solo = iv.sample(name, bridge, problem, n_samples=1, steps=4, generator=[torch.Generator().manual_seed(1)])
     assert torch.allclose(solo.samples[0], a.samples[1], atol=1e-5)  # draw j depends on generator j only
-    ode = iv.sample(name, bridge, problem, n_samples=2, nfe=4, ot_ode=True, generator=gens())
+    ode = iv.sample(name, bridge, problem, n_samples=2, steps=4, ot_ode=True, generator=gens())
     assert torch.equal(ode.samples[0], ode.samples[1])  # no posterior noise: the draws coincide
 
 
@@ -99,7 +99,7 @@ def test_cddb_fits_the_data_better_than_i2sb(bridge):
     """CDDB's data-consistency step lowers ||A x - y|| against I2SB's from the same noise."""
     physics, _, problem = ct_problem(bridge)
     gens = lambda: [torch.Generator().manual_seed(0)]  # noqa: E731
-    runs = {name: iv.sample(name, bridge, problem, nfe=5, generator=gens()).mean for name in ("i2sb", "cddb")}
+    runs = {name: iv.sample(name, bridge, problem, steps=5, generator=gens()).mean for name in ("i2sb", "cddb")}
     residual = {k: float((physics.A(v) - problem.y).norm()) for k, v in runs.items()}
     assert residual["cddb"] < 0.9 * residual["i2sb"], residual
     start = bridge_start(physics, problem.y)
@@ -114,15 +114,15 @@ def test_bridges_and_denoiser_samplers_refuse_each_other(bridge):
     physics64 = ops.make("ct-sparse8", img_size=64)
     y64 = physics64.A(heldout_phantoms(1))
     with pytest.raises(ConfigError, match="cddb.*needs a bridge prior"):
-        iv.sample("cddb", pixel, iv.Problem(physics64, y64, sigma_y=SIGMA_Y, prior=pixel), nfe=2)
+        iv.sample("cddb", pixel, iv.Problem(physics64, y64, sigma_y=SIGMA_Y, prior=pixel), steps=2)
     _, _, other = ct_problem(bridge, views=16)  # not the operator the bridge was trained for
     with pytest.raises(ConfigError, match="bridge for ct-sparse8.*differs"):
-        iv.sample("i2sb", bridge, other, nfe=2)
-    with pytest.raises(ConfigError, match="nfe"):
-        iv.sample("i2sb", bridge, problem, nfe=0)
+        iv.sample("i2sb", bridge, other, steps=2)
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
+        iv.sample("i2sb", bridge, problem, steps=0)
     with pytest.warns(UserWarning, match="sigma_y"):
         noisy = iv.Problem(problem.physics, problem.y, sigma_y=1.0, prior=bridge)
-        iv.sample("i2sb", bridge, noisy, nfe=2)
+        iv.sample("i2sb", bridge, noisy, steps=2)
     with pytest.raises(ConfigError, match="bridge"):
         TrainConfig(name="x", objective="bridge", latent_channels=4).validate()
 

@@ -93,7 +93,7 @@ def run(args) -> list[dict]:
     bridge = iv.load_prior(BRIDGE)
     for nfe in NFES:
         for name in ("i2sb", "cddb"):
-            rows.append(cached(f"{name.upper()} nfe {nfe}", lambda name=name, nfe=nfe: sampler(name, bridge, nfe=nfe)))
+            rows.append(cached(f"{name.upper()} nfe {nfe}", lambda name=name, nfe=nfe: sampler(name, bridge, steps=nfe)))
     if not args.no_baselines:
         pixel = iv.load_prior(PIXEL)
         for name, label in (("pigdm", "PiGDM"), ("dps", "DPS")):

@@ -5,7 +5,7 @@ and measurement seed of benchmarks/phantom/run.py), every row one (prior, sample
 budget (``iv.samplers.nfe_overrides``):
 
 - ``ct-phantom64-latent`` (shipped: autoencoder 64x64x1 -> 16x16x4 and a latent flow; its card records the
-  autoencoder's held-out reconstruction PSNR, the ceiling of every latent row) x FlowDPS, ReSample, D-Flow, FLAIR;
+  autoencoder's held-out reconstruction PSNR, about the best a latent row can reach) x FlowDPS, ReSample, D-Flow, FLAIR;
 - ``ct-phantom64-flow`` (pixel flow) x the same four;
 - ``ct-phantom64`` (pixel EDM diffusion) x DPS and FlowDPS;
 - TV (weight chosen on training-seed phantoms) and FBP / pseudo-inverse.
@@ -156,7 +156,7 @@ def write_report(args) -> None:
                                + (f" decoded to {tuple(f['image_shape'])}" if f['shape'] != f['image_shape'] else "")
                                for p, f in facts.items()) + ".",
         "", ("The latent prior's autoencoder reconstructs held-out phantoms at "
-             f"{ceiling:.2f} dB (`decode(encode(x))`, its card): no latent row can exceed it. " if ceiling else "")
+             f"{ceiling:.2f} dB (`decode(encode(x))`, its card): about the best a latent row can reach (a decoded image is limited to what the decoder can produce). " if ceiling else "")
         + "The presets were tuned on the pixel priors (benchmarks/phantom) and run unchanged on the latent prior.", ""]
     for task in args.tasks:
         lines += task_section(rows, task, args, facts)

@@ -74,10 +74,15 @@ class BridgeSchedule:
         return [round(i * stride) for i in range(nfe + 1)]
 
 
+def start_method(physics) -> str:
+    """How ``bridge_start`` reconstructs for ``physics``: ``"fbp"`` where the operator has one, else ``"least_squares"``."""
+    return "fbp" if callable(getattr(physics, "fbp", None)) else "least_squares"
+
+
 def bridge_start(physics, y: torch.Tensor) -> torch.Tensor:
-    """``x1`` of the bridge in physical units: the FBP where the operator has one, else least squares."""
+    """``x1`` of the bridge in physical units: ``baselines.fbp`` or ``baselines.least_squares`` (``start_method``)."""
     with torch.no_grad():
-        return (baselines.fbp if callable(getattr(physics, "fbp", None)) else baselines.least_squares)(physics, y)
+        return getattr(baselines, start_method(physics))(physics, y)
 
 
 def bridge_physics(card: PriorCard):

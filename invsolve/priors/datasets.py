@@ -589,23 +589,23 @@ class GeneratedSource:
 
     train: Callable
     heldout: Callable
-    module: str
     summary: str
     units: str
     heldout_seed: int
     details: dict
 
-    def label(self, fn: Callable) -> str:
-        return f"{self.module}.{fn.__name__}"
+    @staticmethod
+    def label(fn: Callable) -> str:
+        return f"{fn.__module__}.{fn.__name__}"
 
 
 GENERATED_SOURCES = {
     "motion-kernels": GeneratedSource(
-        random_motion_kernels, heldout_motion_kernels, "invsolve.kernels",
+        random_motion_kernels, heldout_motion_kernels,
         f"motion-blur kernels (motionblur, intensity {INTENSITY})", "kernel / peak", HELDOUT_KERNEL_SEED,
         {"intensity": INTENSITY, "units": "kernel divided by its peak (a blur uses it normalised to sum 1)"}),
     "darcy-fields": GeneratedSource(
-        random_fields, heldout_fields, "invsolve.fields",
+        random_fields, heldout_fields,
         f"two-valued Darcy permeability fields (thresholded GRF, alpha {ALPHA:g}, tau {TAU:g})", "field indicator",
         HELDOUT_FIELD_SEED, {"alpha": ALPHA, "tau": TAU, "units": "1 where the field is high (a = 12), 0 where low (a = 3)"}),
 }

@@ -259,7 +259,7 @@ def bridge_vs_tv(prior, images: torch.Tensor, tune_images: torch.Tensor, seed: i
     grid = {lam: mean_psnr(tune_images, tv(physics, y_tune, lam=lam, iterations=150)) for lam in BRIDGE_TV_GRID}
     lam = max(grid, key=grid.get)
     y = measure(images, seed + 1)
-    post = sample("i2sb", prior, Problem(physics, y, sigma_y=sigma_y, prior=prior), nfe=nfe,
+    post = sample("i2sb", prior, Problem(physics, y, sigma_y=sigma_y, prior=prior), steps=nfe,
                   generator=torch.Generator().manual_seed(seed))
     prior_psnr, tv_psnr = mean_psnr(images, post.mean), mean_psnr(images, tv(physics, y, lam=lam, iterations=150))
     return {"definition": f"mean PSNR (data range 1) of one I2SB draw at {nfe} NFE from bridge_start(y), and of TV "

@@ -70,7 +70,7 @@ from .adapters import Denoiser, make_denoiser
 from .autoencoder import Autoencoder
 from .autoencoder_training import train_autoencoder
 from .base import Prior, PriorCard
-from .bridge import BridgePrior, BridgeSchedule, bridge_start
+from .bridge import BridgePrior, BridgeSchedule, bridge_start, start_method
 from .evaluation import denoise_physical, evaluate_prior, psnr_per_image, record_evaluation
 from .checkpoints.io import UnsafeCheckpointError, read_torch
 from .loaders import AUTOENCODER_FILE, load_prior, read_card, sha256
@@ -245,7 +245,7 @@ def bridge_metadata(config: TrainConfig) -> dict:
     physics = bridge_operator(config)
     schedule = BridgeSchedule()
     return {"operator": config.bridge_operator, "params": {"img_size": config.size}, "sigma_y": config.bridge_sigma_y,
-            "start": "fbp(y)" if callable(getattr(physics, "fbp", None)) else "A_dagger(y)",
+            "start": f"{start_method(physics)}(y)",
             "steps": schedule.n, "beta_max": schedule.beta_max,
             "loss": "mean ||F(x_t, t) - (x_t - x0) / sigma_f(t)||^2, t ~ U{0..steps-1}, x_t ~ q(x_t | x0, x1)"}
 

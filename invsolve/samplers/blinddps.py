@@ -50,8 +50,8 @@ from operators.errors import ConfigError, PhysicsError
 from ..kernels import as_blur
 from ..priors.loaders import load_prior
 from .base import register
-from .toolkit import (ancestral_step, check_weight_rule, ddpm_steps_spanned, model_clip, polyak_weight, randn, report,
-                      sigma_grid, squared_norms, step_noise)
+from .toolkit import (ancestral_step, check_weight_rule, guidance_weight, model_clip, randn, report, sigma_grid,
+                      squared_norms, step_noise)
 
 KERNEL_REG_ORDS = (1, 2)
 
@@ -120,15 +120,12 @@ class BlindDPS:
         return kprior.to(device)
 
     def weight(self, problem, x0, grads, residual, sigma, sigma_next):
-        """Per-sample multiplier of the joint step (official VP ``zeta sqrt(alpha_bar)``; see the docstring)."""
+        """Per-sample multiplier of the joint step: DPS's ``guidance_weight`` on the joint gradient. The official
+        VP step ``zeta sqrt(alpha_bar_t)`` is DPS's VP weight times ``1 / sqrt(1 + sigma_i^2)`` (``unit``)."""
         flat = torch.cat([g.reshape(g.shape[0], -1) for g in grads], 1)
-        if self.zeta == "auto":
-            return polyak_weight(problem, x0, flat, 1.0, "l2", residual).reshape(-1)
-        w = self.zeta * math.sqrt(1 + sigma_next ** 2)
-        if self.zeta_rule == "per-step":
-            return torch.full((x0.shape[0],), w, dtype=x0.dtype)
-        w *= ddpm_steps_spanned(sigma, sigma_next)
-        return polyak_weight(problem, x0, flat, self.spanned_cap, "l2", residual).reshape(-1).clamp(max=w)
+        w = guidance_weight(problem, x0, flat, self.zeta, self.zeta_rule, sigma, sigma_next,
+                            unit=1 / math.sqrt(1 + sigma ** 2), cap=self.spanned_cap, residual=residual)
+        return torch.as_tensor(w, dtype=x0.dtype).reshape(-1).expand(x0.shape[0])
 
     def run(self, prior, problem, x_shape, generator, callback=None):
         padding = blur_padding(problem)
@@ -139,9 +136,8 @@ class BlindDPS:
         sigmas = sigma_grid(self.schedule, self.steps, prior).tolist()
         ksigmas = sigma_grid(self.schedule, self.steps, kprior).tolist()
         clip = model_clip(prior, problem) if self.clip_denoised else None
-        krange = kprior.card.physical_range or (0.0, 1.0)
-        kclip = (lambda k: k.clamp(*sorted(kprior.to_model(torch.tensor(v)).item() for v in krange))) \
-            if self.clip_denoised else None
+        k_lo, k_hi = sorted(kprior.to_model(torch.tensor(v)).item() for v in kprior.card.physical_range or (0.0, 1.0))
+        kclip = (lambda k: k.clamp(k_lo, k_hi)) if self.clip_denoised else None
         n = x_shape[0]
         y = problem.tiled_y(n)
         x = sigmas[0] * randn(x_shape, generator)

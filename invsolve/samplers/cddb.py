@@ -7,7 +7,8 @@ Problems", NeurIPS 2023; official code https://github.com/HJ-harry/CDDB (``i2sb/
 ``sample.py``).
 
 Both run on a ``BridgePrior`` (``invsolve.priors.bridge``; ``invsolve train --objective bridge``).
-Update rule (model space; ``t_0 = 0 < t_1 < ... < t_K = 999`` the official ``space_indices``, K = nfe):
+Update rule (model space; ``t_0 = 0 < t_1 < ... < t_K = 999`` the official ``space_indices``, K = steps, one
+network evaluation each: the official ``--nfe``):
 
     x = x1 = to_model(bridge_start(physics, y))              (FBP for CT, else A_dagger y)
     for k = K .. 1:  n, m = t_k, t_{k-1}
@@ -64,12 +65,12 @@ def check_bridge_operator(prior, problem, name: str) -> None:
                       f"sigma_y {float(sigma_y):g}: expect a worse reconstruction", stacklevel=3)
 
 
-def bridge_sample(prior, problem, x_shape, generator, nfe: int, clip_denoised: bool, ot_ode: bool,
+def bridge_sample(prior, problem, x_shape, generator, n_steps: int, clip_denoised: bool, ot_ode: bool,
                   step: float | None, name: str, callback=None) -> torch.Tensor:
     """The I2SB reverse chain from ``x1``; with ``step`` (CDDB) a data-consistency step on every ``x0_hat``."""
     check_bridge_operator(prior, problem, name)
     schedule = prior.schedule
-    steps = schedule.steps(nfe)
+    grid = schedule.steps(n_steps)
     y = problem.tiled_y(x_shape[0])
     x = problem.to_model(bridge_start(problem.physics, y).to(x_shape.dtype))
     if tuple(x.shape) != tuple(x_shape):
@@ -79,8 +80,8 @@ def bridge_sample(prior, problem, x_shape, generator, nfe: int, clip_denoised: b
     if step is not None:
         step_eff = step / max(1.0, linalg.operator_norm_sq(problem.physics, problem.physics.A_adjoint(y[:1]), iters=50,
                                                            tol=1e-4))
-    for k in range(len(steps) - 1, 0, -1):
-        n, m = steps[k], steps[k - 1]
+    for k in range(len(grid) - 1, 0, -1):
+        n, m = grid[k], grid[k - 1]
         with torch.no_grad():
             x0 = prior(x, n)
             x0 = x0 if clip is None else clip(x0)
@@ -94,7 +95,7 @@ def bridge_sample(prior, problem, x_shape, generator, nfe: int, clip_denoised: b
         x = a * x0 + b * x
         if m > 0 and not ot_ode:
             x = x + c * randn(x.shape, generator, dtype=x.dtype)
-        report(callback, len(steps) - 1 - k, len(steps) - 1, float(schedule.std_fwd[m]), x, x0)
+        report(callback, len(grid) - 1 - k, len(grid) - 1, float(schedule.std_fwd[m]), x, x0)
     return x.detach()
 
 
@@ -103,29 +104,20 @@ def bridge_sample(prior, problem, x_shape, generator, nfe: int, clip_denoised: b
 class I2SB:
     """I2SB (Liu et al., ICML 2023): the bridge's reverse chain alone, no use of ``y`` beyond ``x1``.
 
-    :param nfe: network evaluations (official ``scripts/sample.sh``: 100 for CDDB's runs; I2SB's paper reports 1-1000).
+    :param steps: bridge steps, one network evaluation each (the official ``--nfe``; ``scripts/sample.sh``: 100).
     :param clip_denoised: clamp ``x0_hat`` to the data range (official ``--clip-denoise``).
     :param ot_ode: drop the posterior noise (I2SB's OT-ODE variant).
     """
 
-    nfe: int = 100
+    steps: int = 100
     clip_denoised: bool = True
     ot_ode: bool = False
 
     bridge = True
-    PRESETS = {"ct-sparse8": dict(nfe=20)}
-
-    @staticmethod
-    def for_nfe(nfe: int) -> dict:
-        """``nfe_overrides``: one network evaluation per bridge step."""
-        return {"nfe": max(1, int(nfe))}
-
-    def __post_init__(self):
-        if not isinstance(self.nfe, int) or self.nfe < 1:
-            raise ConfigError(f"{self.name}: nfe must be an integer >= 1, got {self.nfe!r}")
+    PRESETS = {"ct-sparse8": dict(steps=20)}
 
     def run(self, prior, problem, x_shape, generator, callback=None):
-        return bridge_sample(prior, problem, x_shape, generator, self.nfe, self.clip_denoised, self.ot_ode,
+        return bridge_sample(prior, problem, x_shape, generator, self.steps, self.clip_denoised, self.ot_ode,
                              None, self.name, callback)
 
 
@@ -140,14 +132,13 @@ class CDDB(I2SB):
 
     step: float = 1.0
 
-    PRESETS = {"ct-sparse8": dict(nfe=20)}
+    PRESETS = {"ct-sparse8": dict(steps=20)}
 
     def __post_init__(self):
-        super().__post_init__()
         if not self.step >= 0:
             raise ConfigError(f"cddb: step must be >= 0, got {self.step!r}")
 
     def run(self, prior, problem, x_shape, generator, callback=None):
         problem.require_linear("cddb")
-        return bridge_sample(prior, problem, x_shape, generator, self.nfe, self.clip_denoised, self.ot_ode,
+        return bridge_sample(prior, problem, x_shape, generator, self.steps, self.clip_denoised, self.ot_ode,
                              self.step, self.name, callback)
