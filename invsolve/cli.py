@@ -44,7 +44,7 @@ def _demo(args) -> int:
 def _train(args) -> int:
     config = TrainConfig(name=args.name, objective=args.objective, data=args.data, size=args.size, channels=tuple(args.channels),
                          attention=tuple(args.attention), batch=args.batch, steps=args.steps, lr=args.lr,
-                         warmup=args.warmup, ema_decay=args.ema_decay, seed=args.seed,
+                         warmup=args.warmup, ema_decay=args.ema_decay, ema_rampup=args.ema_rampup, seed=args.seed,
                          checkpoint_every=args.checkpoint_every, threads=args.threads,
                          data_format=args.data_format, representation=args.representation,
                          slice_axis=args.slice_axis, window=tuple(args.window) if args.window else None,
@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=bounded(float, 0, low_open=True), default=t.lr)
     train.add_argument("--warmup", type=bounded(int, 0), default=t.warmup, help="linear learning-rate warm-up steps (default: %(default)s)")
     train.add_argument("--ema-decay", type=bounded(float, 0, 1, high_open=True), default=t.ema_decay)
+    train.add_argument("--ema-rampup", type=bounded(float, 0), default=t.ema_rampup,
+                       help="EDM's EMA ramp-up: the EMA half-life is at most this fraction of the steps done "
+                            "(0: plain EMA; default: %(default)s)")
     train.add_argument("--seed", type=int, default=t.seed)
     train.add_argument("--checkpoint-every", type=bounded(int, 1), default=t.checkpoint_every)
     train.add_argument("--threads", type=bounded(int, 1), default=None, help="torch CPU threads")

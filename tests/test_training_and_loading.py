@@ -117,3 +117,33 @@ def test_run_written_by_an_older_version_resumes(tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     assert newer, "no newer key to drop: update this test"
     assert train(TrainConfig(steps=2, **TINY), run, progress=False) is not None
+
+
+def test_ema_rampup_follows_edm_and_reaches_the_plain_decay():
+    from invsolve.priors.train_config import ema_decay_at
+    assert ema_decay_at(0.999, 0.05, 0) == 0.0  # the first update copies the weights (EDM: beta 0 at nimg 0)
+    assert ema_decay_at(0.999, 0.05, 20) == pytest.approx(0.5)  # half-life 0.05 * 20 = 1 step
+    assert ema_decay_at(0.999, 0.0, 5) == 0.999  # ramp-up off: the plain EMA
+    halflife = torch.log(torch.tensor(0.5, dtype=torch.float64)) / torch.log(torch.tensor(0.999, dtype=torch.float64))
+    k = int(halflife / 0.05) + 1
+    assert ema_decay_at(0.999, 0.05, k) == 0.999  # exactly the decay once the ramp passes its half-life
+    assert ema_decay_at(0.999, 0.05, k - 40) < 0.999
+    with pytest.raises(ValueError, match="ema_rampup"):
+        TrainConfig(ema_rampup=-1.0, **TINY).validate()
+
+
+def test_ema_rampup_changes_the_export_and_legacy_runs_resume_as_plain_ema(tmp_path):
+    """A run folder recorded before ``ema_rampup`` existed ran a plain EMA: it resumes only with
+    ``ema_rampup=0`` (its recorded behaviour), and the ramp-up changes the exported weights."""
+    ramped = train(TrainConfig(steps=2, **TINY), tmp_path / "a", progress=False)
+    plain = train(TrainConfig(steps=2, ema_rampup=0.0, **TINY), tmp_path / "b", progress=False)
+    wa, wb = load_file(str(ramped / "weights.safetensors")), load_file(str(plain / "weights.safetensors"))
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+    run = tmp_path / "legacy"
+    train(TrainConfig(steps=1, ema_rampup=0.0, **TINY), run, progress=False)
+    config = json.loads((run / "config.json").read_text())
+    del config["ema_rampup"]
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="ema_rampup"):
+        train(TrainConfig(steps=2, **TINY), run, progress=False)
+    assert train(TrainConfig(steps=2, ema_rampup=0.0, **TINY), run, progress=False) is not None

@@ -44,7 +44,7 @@ from .base import Prior, PriorCard
 from .bridge import bridge_physics, bridge_start
 from .latent import LatentPrior
 from .loaders import load_prior, sha256
-from .train_config import TrainConfig
+from .train_config import TrainConfig, recorded_config
 
 DEFAULT_TV_GRID = tuple(float(v) for v in torch.logspace(math.log10(0.02), math.log10(4.0), 16))
 """TV weights tried, as multiples of ``sigma`` (then refined between the best neighbours)."""
@@ -176,7 +176,7 @@ def denoise_vs_tv(prior, images: torch.Tensor, sigma: float = 0.1, seed: int = 0
 
 def _recipe_config(card, **overrides):
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    recipe = {k: v for k, v in card.metadata.get("recipe", {}).items() if k in names}
+    recipe = {k: v for k, v in recorded_config(card.metadata.get("recipe", {})).items() if k in names}
     return TrainConfig(**{**recipe, "name": card.name, **overrides})
 
 

@@ -8,6 +8,7 @@ other's caller: ``training`` imports ``evaluation``, never the reverse.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 from ..errors import ConfigError
@@ -28,6 +29,10 @@ class TrainConfig:
     lr: float = 1e-3
     warmup: int = 200
     ema_decay: float = 0.999
+    # EDM's EMA ramp-up (Karras et al. 2022, training_loop.py ema_rampup_ratio): the EMA half-life
+    # grows as rampup x steps done until it reaches ema_decay's, so short runs are not dominated by
+    # the random initialisation (0.999 ** 1000 = 37 % of it left after 1000 steps). 0: plain EMA.
+    ema_rampup: float = 0.05
     p_mean: float = -1.2
     p_std: float = 1.2
     sigma_data: float = 0.5
@@ -119,6 +124,8 @@ class TrainConfig:
             raise ConfigError(f"sigma_min must be below sigma_max, got {self.sigma_min} and {self.sigma_max}")
         if not (_is_number(self.ema_decay) and 0 <= self.ema_decay < 1):
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if not (_is_number(self.ema_rampup) and math.isfinite(self.ema_rampup) and self.ema_rampup >= 0):
+            raise ConfigError(f"ema_rampup must be a finite number >= 0, got {self.ema_rampup!r}")
         if not (_is_number(self.val_fraction) and 0 <= self.val_fraction < 1):
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if not (_is_number(self.min_foreground) and 0 <= self.min_foreground <= 1):
@@ -136,6 +143,28 @@ class TrainConfig:
 
 RESUME_FREE_KEYS = ("steps", "checkpoint_every", "threads", "val_every")
 """Config keys that may change between a run and its resumption (they do not change the training)."""
+
+LEGACY_VALUES = {"ema_rampup": 0.0}
+"""Keys whose default changed when they were added: a recorded run or recipe without the key ran
+with this value (the shipped priors before the EMA ramp-up used a plain EMA)."""
+
+
+def recorded_config(recorded: dict) -> dict:
+    """A run's recorded config.json or a card's recipe, completed as the run actually ran:
+    keys it lacks take ``LEGACY_VALUES`` where listed, else today's defaults (which reproduce the
+    earlier behaviour)."""
+    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))  # as JSON: tuples become lists
+    return {**defaults, **LEGACY_VALUES, **recorded}
+
+
+def ema_decay_at(decay: float, rampup: float, step: int) -> float:
+    """The EMA decay of the update after ``step`` optimizer steps: EDM's ramp-up, in steps
+    (``beta = 0.5 ** (batch / min(halflife_nimg, nimg * rampup))``; the batch cancels). Equals
+    ``decay`` once ``rampup * step`` passes its half-life, and always when ``rampup`` is 0."""
+    if rampup <= 0 or decay <= 0:
+        return decay
+    ramped = rampup * step
+    return 0.0 if ramped <= 0 else min(decay, 0.5 ** (1.0 / ramped))
 
 
 def _is_int(value) -> bool:

@@ -74,7 +74,7 @@ from .bridge import BridgePrior, BridgeSchedule, bridge_start, start_method
 from .evaluation import denoise_physical, evaluate_prior, psnr_per_image, record_evaluation
 from .checkpoints.io import UnsafeCheckpointError, read_torch
 from .loaders import AUTOENCODER_FILE, load_prior, read_card, sha256
-from .train_config import RESUME_FREE_KEYS, TrainConfig
+from .train_config import RESUME_FREE_KEYS, TrainConfig, ema_decay_at, recorded_config
 from .unet import UNet
 
 
@@ -305,8 +305,7 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
     config_path = run_dir / "config.json"
     config_json = json.dumps(dataclasses.asdict(config), indent=2, sort_keys=True)
     if config_path.exists() and ckpt_path.exists():
-        defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))  # as JSON: tuples become lists
-        saved = {**defaults, **json.loads(config_path.read_text())}  # older runs lack newer keys
+        saved = recorded_config(json.loads(config_path.read_text()))  # older runs lack newer keys
         mismatch = {k: (saved.get(k), v) for k, v in json.loads(config_json).items()
                     if k not in RESUME_FREE_KEYS and saved.get(k) != v}
         if mismatch:
@@ -406,9 +405,10 @@ def train(config: TrainConfig, run_dir: str | Path, out_dir: str | Path | None =
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        decay = ema_decay_at(config.ema_decay, config.ema_rampup, step)
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), net.parameters()):
-                p_ema.lerp_(p, 1 - config.ema_decay)
+                p_ema.lerp_(p, 1 - decay)
         step += 1
         history.append(loss.item())
         now = time.time()
