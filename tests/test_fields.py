@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import invsolve as iv
 import operators as ops
 from invsolve.fields import HELDOUT_FIELD_SEED, fields_from_seeds, heldout_fields, random_fields
 from invsolve.priors import datasets
@@ -56,3 +57,13 @@ def test_generated_sources_validate_on_training_seeds_and_keep_the_held_out_set_
     assert batch.shape == (3, 1, 16, 16) and float(batch.min()) >= 0 and float(batch.max()) <= 1
     with pytest.raises(Exception, match=source):
         datasets.build(TrainConfig(name="t", data=source, size=16, augment=("flip",)))
+
+
+def test_shipped_field_prior_was_trained_on_darcy_fields_and_evaluated_on_held_out_ones():
+    card = iv.load_prior("darcy-fields64").card
+    assert card.shape == (1, 64, 64)
+    assert card.metadata["recipe"]["data"] == "darcy-fields"
+    evaluation = card.metadata["evaluation"]
+    assert "heldout_fields" in evaluation["data"]["source"]
+    assert evaluation["images"] >= 8
+    assert evaluation["gain_db"] >= 1.0  # the shipping bar of tests/test_prior_quality.py

@@ -13,8 +13,8 @@ Tasks (held-out truths, never used to choose settings: ``heldout_phantoms`` or `
   as the field prior. No gradients exist: EnKG against the prior alone (its PF-ODE samples, no data).
 - ``darcy-fields``: the same PDE and sensors on FNO's Darcy fields (``invsolve.fields``: thresholded
   Gaussian random fields, held-out seeds), with a PDE prior ``darcy-fields64`` trained on such fields
-  by ``invsolve train --data darcy-fields`` (settings chosen on training-seed fields). Not run by
-  default: that prior is not shipped yet (docs/priors.md).
+  by ``invsolve train --data darcy-fields`` (shipped in ``data/priors/darcy-fields64``; settings
+  chosen on training-seed fields).
 
 Every row: PSNR / SSIM of the posterior mean (clamped to [0, 1]), relative L2 error, denoiser
 evaluations (NFE) and forward-model evaluations per posterior sample, CPU seconds (1 thread). EnKG's
@@ -22,7 +22,7 @@ evaluations (NFE) and forward-model evaluations per posterior sample, CPU second
 Rows are cached as JSON under ``cache/`` as soon as computed (resumable); ``results.md`` and
 ``results.json`` are rewritten from the cache.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/blackbox/run.py [--tasks transmission darcy]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/blackbox/run.py [--tasks transmission darcy darcy-fields]
 """
 
 from __future__ import annotations
@@ -213,9 +213,8 @@ def report(rows: list[dict], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=["transmission", "darcy"], choices=list(SETUPS),
-                        help="darcy-fields needs a field prior darcy-fields64 (invsolve train --data darcy-fields), "
-                             "not shipped yet")
+    parser.add_argument("--tasks", nargs="+", default=list(SETUPS), choices=list(SETUPS),
+                        help="default: every task")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cache = HERE / "cache"
