@@ -1,10 +1,12 @@
 import json
+import math
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 import invsolve as iv
+from invsolve.priors.train_config import ema_decay_at
 from invsolve.priors.training import TrainConfig, train
 
 TINY = dict(name="tiny-test", size=16, channels=(8, 16), attention=(), batch=4, warmup=2, checkpoint_every=1)
@@ -120,12 +122,10 @@ def test_run_written_by_an_older_version_resumes(tmp_path):
 
 
 def test_ema_rampup_follows_edm_and_reaches_the_plain_decay():
-    from invsolve.priors.train_config import ema_decay_at
     assert ema_decay_at(0.999, 0.05, 0) == 0.0  # the first update copies the weights (EDM: beta 0 at nimg 0)
     assert ema_decay_at(0.999, 0.05, 20) == pytest.approx(0.5)  # half-life 0.05 * 20 = 1 step
     assert ema_decay_at(0.999, 0.0, 5) == 0.999  # ramp-up off: the plain EMA
-    halflife = torch.log(torch.tensor(0.5, dtype=torch.float64)) / torch.log(torch.tensor(0.999, dtype=torch.float64))
-    k = int(halflife / 0.05) + 1
+    k = int(math.log(0.5) / math.log(0.999) / 0.05) + 1  # first step whose ramped half-life passes 0.999's
     assert ema_decay_at(0.999, 0.05, k) == 0.999  # exactly the decay once the ramp passes its half-life
     assert ema_decay_at(0.999, 0.05, k - 40) < 0.999
     with pytest.raises(ValueError, match="ema_rampup"):
