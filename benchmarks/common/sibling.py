@@ -13,11 +13,11 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parents[1]
 
 
-def load_run(folder: str):
-    """``benchmarks/<folder>/run.py`` as the module ``<folder>_run`` (loaded once per process)."""
-    name = f"{folder}_run"
+def load_run(folder: str, script: str = "run.py"):
+    """``benchmarks/<folder>/<script>`` as the module ``<folder>_<stem>`` (loaded once per process)."""
+    name = f"{folder}_{Path(script).stem}"
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / folder / "run.py")
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / folder / script)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)

@@ -111,33 +111,23 @@ def contenders(geometry: str, n: int, views: int):
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
-    parser.add_argument("--views", type=int, default=180)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--geometries", nargs="+", default=["parallel", "fan"], choices=["parallel", "fan"])
-    parser.add_argument("--out", default=str(HERE))
-    args = parser.parse_args()
-    import astra
-
-    torch.set_num_threads(1)
-    load_before = loadavg()
+def measure(geometries, sizes, views: int, rounds: int) -> list[dict]:
+    """Interleaved timings of every contender (module docstring), with the ratios."""
     rows = []
-    for geometry in args.geometries:
-        for n in args.sizes:
-            entries = contenders(geometry, n, args.views)
+    for geometry in geometries:
+        for n in sizes:
+            entries = contenders(geometry, n, views)
             builds = {name: setup() for name, _, _, setup, _ in entries}
             times = {name: {"forward": [], "adjoint": []} for name, *_ in entries}
             with torch.no_grad():
-                for r in range(args.rounds + 1):  # round 0: warm-up
+                for r in range(rounds + 1):  # round 0: warm-up
                     for name, forward, adjoint, _, _ in entries:
                         for kind, fn in (("forward", forward), ("adjoint", adjoint)):
                             t = clock(fn)
                             if r:
                                 times[name][kind].append(t)
             for name, _, _, _, physics in entries:
-                row = dict(geometry=geometry, size=n, views=args.views, method=name,
+                row = dict(geometry=geometry, size=n, views=views, method=name,
                            repr_method=(physics.extra_repr().split("method=")[1] if physics is not None else ""))
                 for kind in ("forward", "adjoint"):
                     row[f"{kind}_s"] = statistics.median(t[0] for t in times[name][kind])
@@ -156,6 +146,33 @@ def main() -> None:
                    and r["method"] == REFERENCE[row["geometry"]])
         row["total_over_reference"] = row["total_s"] / ref["total_s"]
         row["total_over_reference_cpu"] = row["total_cpu_s"] / ref["total_cpu_s"]
+    return rows
+
+
+def quick() -> list[dict]:
+    """128², 180 views, both geometries, 3 rounds: the adjoint/forward and torch/astra ratios, printed."""
+    torch.set_num_threads(1)
+    rows = measure(["parallel", "fan"], [128], 180, 3)
+    for r in rows:
+        print(f"[ct projector] {r['geometry']:8s} {r['size']}² {r['method']:20s} adj/fwd {r['adjoint_over_forward']:.2f} "
+              f"(fwd+adj) / {REFERENCE[r['geometry']]} {r['total_over_reference']:.2f} "
+              f"(CPU {r['total_over_reference_cpu']:.2f})", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--views", type=int, default=180)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--geometries", nargs="+", default=["parallel", "fan"], choices=["parallel", "fan"])
+    parser.add_argument("--out", default=str(HERE))
+    args = parser.parse_args()
+    import astra
+
+    torch.set_num_threads(1)
+    load_before = loadavg()
+    rows = measure(args.geometries, args.sizes, args.views, args.rounds)
     write(rows, args, Path(args.out), load_before, loadavg(), astra.__version__)
 
 

@@ -24,8 +24,13 @@ the operator (``LinearPart``) is built once per operator and reused; it is timed
 with NFE/2 steps (denoiser evaluations per sample = NFE). Samplers that cannot run the task are
 listed with the reason.
 
-    .venv/bin/python benchmarks/speed/run.py --quick   # every ratio, NFE 10, < 3 minutes
+    .venv/bin/python benchmarks/speed/run.py --quick   # every ratio of benchmarks/speed, < 3 minutes
     .venv/bin/python benchmarks/speed/run.py           # NFE 50 and 200: results.md, results.csv
+
+``--quick`` prints, without writing anything: this overhead table at NFE 10 (CT), then the quick
+modes of the other tables of issue 14: ``deepinv_pairs.py`` (invsolve / deepinv time and PSNR),
+``throughput.py`` (samples/s against n_samples and threads), ``options.py`` (inference_mode,
+channels-last) and ``benchmarks/operators/bench_ct.py`` (projector adjoint/forward and torch/astra).
 
 The machine may be shared: the load (``/proc/loadavg``) before and after is recorded; ratios inside
 one run are what counts.
@@ -285,6 +290,22 @@ def write(rows: list[dict], args, out: Path, started: str, load_start: str, seco
     (out / "results.md").write_text("\n".join(lines))
 
 
+def quick_others() -> None:
+    """The quick modes of the other issue-14 tables (they print their ratios)."""
+    sys.path.insert(0, str(HERE))  # this folder's modules (it has no operators/ to shadow the package)
+    sys.path.insert(0, str(HERE.parent / "common"))
+    import deepinv_pairs
+    import options
+    import throughput
+    from sibling import load_run
+
+    for part in (deepinv_pairs.quick, throughput.quick, options.quick, load_run("operators", "bench_ct.py").quick):
+        t0 = time.perf_counter()
+        part()
+        torch.set_num_threads(1)  # throughput.quick changes it
+        print(f"({part.__module__}: {time.perf_counter() - t0:.0f} s)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="NFE 10, 2 reference calls, CT only; prints, writes nothing")
@@ -327,6 +348,8 @@ def main() -> None:
 
     for task in args.tasks:
         run_task(task, args, rows, flush)
+    if args.quick:
+        quick_others()
     seconds = time.perf_counter() - t0
     print(f"done in {seconds:.0f} s; load {load_start} -> {load()}", flush=True)
     flush(final=True)

@@ -183,3 +183,27 @@ def make_denoiser(parameterization: str, net: Callable, **options) -> Denoiser:
         raise ConfigError(f"unknown parameterization {parameterization!r}; choose one of {sorted(ADAPTERS)}")
     return ADAPTERS[parameterization](net, **options)
 
+
+
+class DeepinvDenoiser(nn.Module):
+    """The other direction: an invsolve prior as a deepinv denoiser ``model(x, sigma)``.
+
+    deepinv's samplers (``DPS``, ``DiffPIR``, ``PosteriorDiffusion`` with ``MinusOneOneDenoiserWrapper``)
+    call their denoiser on images in the physical range with ``sigma`` in the same units; an invsolve
+    prior works in its model space ``x_model = scale x + offset`` (the card's ``UnitMap``), where the
+    noise level is ``scale * sigma``. So
+
+        model(x, sigma) = to_physical(D(to_model(x), scale * sigma)).
+
+    Extra keyword arguments deepinv passes through (e.g. ``input_in_minus_one_one``) are ignored.
+    Used by ``benchmarks/speed/deepinv_pairs.py``, which checks the conversion numerically.
+    """
+
+    def __init__(self, prior):
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, *args, **kwargs) -> torch.Tensor:
+        scale = self.prior.card.scale
+        sigma_model = _per_sample(sigma, x).reshape(-1) * scale
+        return self.prior.to_physical(self.prior(self.prior.to_model(x), sigma_model))

@@ -101,9 +101,9 @@ class DPS:
         clip = model_clip(prior, problem) if self.clip_denoised else None
         x = sigmas[0] * randn(x_shape, generator)
         for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-            denoised, grad = guided_denoise(prior, problem, x, sigma, self.norm, clip)
+            denoised, grad, r = guided_denoise(prior, problem, x, sigma, self.norm, clip, with_residual=True)
             zeta = guidance_weight(problem, denoised, grad, self.zeta, self.zeta_rule, sigma, sigma_next, self.vp_scaling,
-                                   self.norm, self.auto_fraction, cap=self.spanned_cap)
+                                   self.norm, self.auto_fraction, cap=self.spanned_cap, residual=r)
             x = ancestral_step(x, denoised, sigma, sigma_next, step_noise(x, generator, sigma_next)) - zeta * grad
             report(callback, i, len(sigmas) - 1, sigma, x, denoised)
         return x.detach()

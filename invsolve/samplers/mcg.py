@@ -103,9 +103,9 @@ class MCG:
             y = problem.tiled_y(x_shape[0])
             c = problem.forward(torch.zeros((1, *x_shape[1:]), dtype=x.dtype))  # forward(x) = M x + c
         for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-            denoised, grad = guided_denoise(prior, problem, x, sigma, "l2", clip)
+            denoised, grad, r = guided_denoise(prior, problem, x, sigma, "l2", clip, with_residual=True)
             alpha = guidance_weight(problem, denoised, grad, self.alpha, self.alpha_rule, sigma, sigma_next, self.vp_scaling,
-                                    unit=problem.scale)
+                                    unit=problem.scale, residual=r)
             shrink = math.sqrt((1 + sigma_next ** 2) / (1 + sigma ** 2)) if self.vp_scaling else 1.0
             noise = step_noise(x, generator, sigma_next)
             z = randn(x_shape, generator)

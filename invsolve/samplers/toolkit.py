@@ -216,7 +216,12 @@ def langevin_step(x: torch.Tensor, denoised: torch.Tensor, sigma: float, snr: fl
 
 def residual_norm(problem, x0: torch.Tensor, norm: str = "l2") -> torch.Tensor:
     """Sum over the batch of each sample's ``||y - A(x0)||`` (``l2``) or its square (``l2sq``)."""
-    sq = squared_norms(problem.residual(x0))
+    return norm_of_residual(problem.residual(x0), norm)
+
+
+def norm_of_residual(r: torch.Tensor, norm: str = "l2") -> torch.Tensor:
+    """Sum over the batch of each sample's ``||r||`` (``l2``) or ``||r||^2`` (``l2sq``)."""
+    sq = squared_norms(r)
     if norm == "l2":
         return sq.sqrt().sum()
     if norm == "l2sq":
@@ -230,19 +235,30 @@ def denoise(prior, x: torch.Tensor, sigma: float, clip=None) -> torch.Tensor:
     return denoised if clip is None else clip(denoised)
 
 
-def guided_denoise(prior, problem, x: torch.Tensor, sigma: float, norm: str = "l2", clip=None, loss=None):
+def guided_denoise(prior, problem, x: torch.Tensor, sigma: float, norm: str = "l2", clip=None, loss=None,
+                   with_residual: bool = False):
     """``(x0_hat, grad_x loss(x0_hat))`` with ``x0_hat = D(x, sigma)``: the gradient through the
     denoiser shared by DPS-type samplers, per sample.
 
     ``loss`` maps the denoised batch to a scalar summing per-sample terms; by default
     ``residual_norm(problem, x0_hat, norm)`` (DPS). ``<v, x0_hat>`` with a fixed ``v`` gives a
-    vector-Jacobian product through the denoiser (ΠGDM).
+    vector-Jacobian product through the denoiser (ΠGDM). ``with_residual`` (default loss only):
+    also return ``r = y - forward(x0_hat)``, detached, so a step rule that needs it
+    (``guidance_weight``) does not run the operator again.
     """
+    if with_residual and loss is not None:
+        raise ValueError("with_residual needs the default loss")
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         denoised = denoise(prior, x, sigma, clip)
-        value = residual_norm(problem, denoised, norm) if loss is None else loss(denoised)
+        if loss is None:
+            r = problem.residual(denoised)
+            value = norm_of_residual(r, norm)
+        else:
+            value = loss(denoised)
         (grad,) = torch.autograd.grad(value, x)
+    if with_residual:
+        return denoised.detach(), grad, r.detach()
     return denoised.detach(), grad
 
 
