@@ -73,3 +73,42 @@ def test_per_sample_sigma_and_unknown_parameterization():
     torch.testing.assert_close(denoiser(x, sigma), exact_denoiser(x, sigma[:, None]))
     with pytest.raises(ValueError, match="unknown parameterization"):
         make_denoiser("eps", NETWORKS["ve-score"])
+
+
+def test_deepinv_denoiser_is_the_prior_in_deepinv_convention():
+    """deepinv's samplers call their [0, 1] denoiser through MinusOneOneDenoiserWrapper on a [-1, 1]
+    state; for a prior whose model space is [-1, 1] (scale 2, offset -1) that must give D itself,
+    and the wrapper must also work inside a deepinv sampler (DiffPIR) and through torch.func (PiGDM)."""
+    import deepinv as dinv
+
+    import invsolve as iv
+    import operators as ops
+    from invsolve.priors.adapters import DeepinvDenoiser
+
+    prior = iv.load_prior("ct-phantom64")
+    assert (prior.card.scale, prior.card.offset) == (2.0, -1.0)
+    wrapped = DeepinvDenoiser(prior)
+    through = dinv.models.MinusOneOneDenoiserWrapper(wrapped)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((2, *prior.shape), generator=g) * 2 - 1
+    with torch.no_grad():
+        for sigma in (0.05, 0.5, 5.0):
+            z = x + sigma * torch.randn(x.shape, generator=g)
+            torch.testing.assert_close(through(z, torch.tensor(sigma)), prior(z, sigma), atol=1e-5, rtol=1e-5)
+        # per-sample sigma, in physical units
+        s = torch.tensor([0.1, 0.3])
+        out = wrapped((x + 1) / 2, s)
+        for i in range(2):
+            ref = (prior(x[i:i + 1], 2 * float(s[i])) + 1) / 2
+            torch.testing.assert_close(out[i:i + 1], ref, atol=1e-5, rtol=1e-5)
+    # torch.func, as deepinv's PiGDMDataFidelity uses it
+    out, vjp = torch.func.vjp(lambda v: wrapped(v, torch.tensor(0.2)), (x[:1] + 1) / 2)
+    (g1,) = vjp(torch.ones_like(out))
+    assert torch.isfinite(g1).all() and g1.abs().sum() > 0
+    physics = ops.make("ct-sparse8", img_size=64)
+    physics.noise_model = dinv.physics.GaussianNoise(sigma=0.1)
+    truth = (x[:1] + 1) / 2
+    y = physics.A(truth)
+    torch.manual_seed(0)
+    xhat = dinv.sampling.DiffPIR(wrapped, dinv.optim.L2(), sigma=0.1, max_iter=3)(y, physics)
+    assert xhat.shape == truth.shape and torch.isfinite(xhat).all()

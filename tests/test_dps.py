@@ -93,3 +93,33 @@ def test_nan_measurement_is_rejected():
     y = torch.full((1, 1, 2, physics.n_detectors), float("nan"))
     with pytest.raises(ValueError, match="NaN"):
         iv.Problem(physics, y, sigma_y=0.1)
+
+
+def test_dps_runs_the_operator_once_per_step():
+    """The spanned rule's Polyak cap reuses the residual of the guidance gradient
+    (``guided_denoise(..., with_residual=True)``): one forward and one adjoint per step, and the
+    returned residual is ``y - forward(x0_hat)``."""
+    from invsolve.samplers.toolkit import guided_denoise
+
+    physics = ops.make("ct-sparse8", img_size=16)
+    counts = {"_project": 0, "_backproject": 0}
+    for name in counts:
+        fn = getattr(physics, name)
+
+        def counted(*args, fn=fn, name=name, **kwargs):
+            counts[name] += 1
+            return fn(*args, **kwargs)
+        setattr(physics, name, counted)
+    prior = tiny_prior((1, 16, 16))
+    truth = torch.rand((1, 1, 16, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = physics.A(truth)
+    problem = iv.Problem(physics, y, sigma_y=0.05)
+    view = prior.model_problem(problem)
+    x = torch.randn((1, 1, 16, 16), generator=torch.Generator().manual_seed(1))
+    denoised, grad, r = guided_denoise(prior, view, x, 1.0, with_residual=True)
+    torch.testing.assert_close(r, view.residual(denoised))
+    for name in counts:
+        counts[name] = 0
+    iv.sample("dps", prior, problem, generator=torch.Generator().manual_seed(0), steps=6)
+    assert counts == {"_project": 6, "_backproject": 6}, counts

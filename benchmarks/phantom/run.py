@@ -33,6 +33,7 @@ does not compute in the tables (marked where they ran under the old rule).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import re
@@ -151,7 +152,12 @@ def valid_row(row: dict, task: str, args) -> bool:
     if row.get("preset") != preset:
         return False
     configure = iv.samplers.configure  # same resolved hyperparameters (e.g. steps=200 on a 200-step preset)
-    return configure(row["method"], preset, **row.get("overrides", {})) == configure(row["method"], preset, **overrides)
+    now = configure(row["method"], preset, **overrides)
+    if configure(row["method"], preset, **row.get("overrides", {})) != now:
+        return False
+    # the hyperparameters the row recorded must still be the preset's (a changed preset recomputes it)
+    current = json.loads(json.dumps(dataclasses.asdict(now), default=str))
+    return all(current[k] == v for k, v in row.get("config", {}).items() if k in current)
 
 
 def run_task(task: str, samplers: list[str], args, cache: Path, reuse: dict) -> list[dict]:
