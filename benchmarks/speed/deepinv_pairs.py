@@ -36,6 +36,7 @@ import deepinv as dinv
 import torch
 
 import invsolve as iv
+from machine import load  # benchmarks/speed/machine.py (this folder is on sys.path)
 import operators as ops
 from invsolve.metrics import psnr
 from invsolve.phantoms import heldout_phantoms, random_ellipses
@@ -56,13 +57,6 @@ GRIDS = {
 }
 EXTEND = 4
 DEFAULTS = {"dps": dict(weight=1.0), "diffpir": dict(lambda_=7.0, zeta=0.1), "pigdm": dict(weight=1.0)}
-
-
-def load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def check_conversion(prior, wrapped) -> float:

@@ -26,16 +26,10 @@ from pathlib import Path
 import torch
 
 import invsolve as iv
+from machine import load  # benchmarks/speed/machine.py (this folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 WORTH = 1.2
-
-
-def load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def make_variants(prior, with_compile: bool) -> dict:

@@ -50,6 +50,9 @@ from pathlib import Path
 import torch
 
 import invsolve as iv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/speed's own modules (no operators/ here)
+from machine import load  # noqa: E402
 import operators as ops
 from invsolve.metrics import psnr
 from invsolve.phantoms import heldout_phantoms
@@ -64,13 +67,6 @@ TASKS = {
 BEFORE = dict(cg_tol=1e-6, cg_warm_start=False, gram_max=0)  # the solver before issue 14
 PARTICLES = 2
 TARGET = 1.05
-
-
-def load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 class Counted:

@@ -26,18 +26,12 @@ from pathlib import Path
 import torch
 
 import invsolve as iv
+from machine import load  # benchmarks/speed/machine.py (this folder is on sys.path)
 import operators as ops
 from invsolve.phantoms import heldout_phantoms
 
 HERE = Path(__file__).resolve().parent
 SIGMA_Y = 0.1
-
-
-def load() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def problem_and_prior():
