@@ -24,7 +24,6 @@ one thread, 4 held-out phantoms, one posterior sample each.
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import platform
@@ -36,7 +35,7 @@ import deepinv as dinv
 import torch
 
 import invsolve as iv
-from machine import load  # benchmarks/speed/machine.py (this folder is on sys.path)
+from machine import load, write_csv  # benchmarks/speed/machine.py (this folder is on sys.path)
 import operators as ops
 from invsolve.metrics import psnr
 from invsolve.phantoms import heldout_phantoms, random_ellipses
@@ -236,11 +235,7 @@ def quick(nfe: int = 20, phantoms: int = 2, seed: int = 0) -> list[dict]:
 
 
 def write(rows, tuning, args, setup, started, seconds, out: Path) -> None:
-    fields = list(rows[0])
-    with open(out / "deepinv.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "deepinv.csv", rows)
     cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed/deepinv_pairs.py " + " ".join(sys.argv[1:])
     lines = ["# invsolve against deepinv, same network, physics, y and NFE (issue 14, item 3)", "",
              f"Command: `{cmd}`; started {started} UTC, {seconds / 60:.1f} min; seed {args.seed}; one thread; "

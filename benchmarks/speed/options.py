@@ -16,7 +16,6 @@ variant shows.
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 import statistics
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 import invsolve as iv
-from machine import load  # benchmarks/speed/machine.py (this folder is on sys.path)
+from machine import load, write_csv  # benchmarks/speed/machine.py (this folder is on sys.path)
 
 HERE = Path(__file__).resolve().parent
 WORTH = 1.2
@@ -100,10 +99,7 @@ def quick() -> list[dict]:
 
 
 def write(rows, args, started, seconds, out: Path) -> None:
-    with open(out / "options.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "options.csv", rows)
     cmd = "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed/options.py " + " ".join(sys.argv[1:])
     lines = ["# Options that might pay: one denoiser call of `ct-phantom64` (issue 14, item 5)", "",
              f"Command: `{cmd}`; started {started} UTC, {seconds / 60:.1f} min; one thread; {platform.machine()} "

@@ -16,7 +16,6 @@ the wall time, and CPU / wall is the parallelism actually obtained.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 import invsolve as iv
-from machine import load  # benchmarks/speed/machine.py (this folder is on sys.path)
+from machine import load, write_csv  # benchmarks/speed/machine.py (this folder is on sys.path)
 import operators as ops
 from invsolve.phantoms import heldout_phantoms
 
@@ -76,10 +75,7 @@ def quick() -> list[dict]:
 
 
 def write(rows, args, started, seconds, out: Path) -> None:
-    with open(out / "throughput.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out / "throughput.csv", rows)
     cmd = ".venv/bin/python benchmarks/speed/throughput.py " + " ".join(sys.argv[1:])
     lines = ["# Posterior samples per second: batch and threads (issue 14, item 4)", "",
              f"Command: `OMP_NUM_THREADS=2 {cmd}`; started {started} UTC, {seconds / 60:.1f} min; seed {args.seed}; "

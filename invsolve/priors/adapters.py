@@ -184,7 +184,6 @@ def make_denoiser(parameterization: str, net: Callable, **options) -> Denoiser:
     return ADAPTERS[parameterization](net, **options)
 
 
-
 class DeepinvDenoiser(nn.Module):
     """The other direction: an invsolve prior as a deepinv denoiser ``model(x, sigma)``.
 
