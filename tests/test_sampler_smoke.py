@@ -167,15 +167,17 @@ def _is_2d_blur(physics) -> bool:
     return isinstance(physics, Blur) and physics.filter.dim() == 4
 
 
-def _has_exact_svd(physics, x_shape) -> bool:
-    """A deepinv decomposable physics (other than BlurFFT), average pooling, or small enough for
-    the dense SVD (``toolkit.DENSE_MAX`` unknowns per sample)."""
-    from deepinv.physics import BlurFFT
+def _has_exact_svd(operator, physics, x_shape) -> bool:
+    """A deepinv decomposable physics, average pooling, a separable operator (Gaussian blur, bicubic
+    downsampling: a Kronecker SVD), a circular blur (an FFT SVD), or small enough for the dense SVD
+    (``toolkit.DENSE_MAX`` unknowns per sample)."""
     from invsolve.samplers.toolkit import DENSE_MAX
     from operators.resolution import AveragePooling
 
-    decomposable = isinstance(physics, DecomposablePhysics) and not isinstance(physics, BlurFFT)
-    return decomposable or isinstance(physics, AveragePooling) or math.prod(x_shape) <= DENSE_MAX
+    separable = operator in ("deblur-gauss61", "gaussian-blur", "sr-bicubic", "sr4-bicubic")
+    circular = getattr(physics, "padding", None) == "circular"
+    return (isinstance(physics, (DecomposablePhysics, AveragePooling)) or separable or circular
+            or math.prod(x_shape) <= DENSE_MAX)
 
 
 @pytest.mark.parametrize("dims", [2, 3], ids=["2d", "3d"])
@@ -208,7 +210,7 @@ def test_sampler_runs_on_operator(sampler, operator, dims):
             except TypeError as err:
                 assert "linear" in str(err), f"{sampler} raised an unclear TypeError for nonlinear physics: {err}"
                 return
-    if sampler in SVD_ONLY and not _has_exact_svd(physics, prior.shape):
+    if sampler in SVD_ONLY and not _has_exact_svd(operator, physics, prior.shape):
         with pytest.raises(PhysicsError, match="exact SVD.*'(ddnm|fps)'"):
             iv.sample(sampler, prior, problem, n_samples=n, generator=torch.Generator().manual_seed(1), **overrides)
         return

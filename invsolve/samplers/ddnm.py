@@ -47,7 +47,7 @@ import torch
 from operators.errors import ConfigError
 
 from .base import register
-from .toolkit import GRAM_MAX, LinearPart, eta_ddim_step, noise_estimate, randn, report, sigma_grid, step_noise
+from .toolkit import DENSE_MAX, GRAM_MAX, LinearPart, eta_ddim_step, noise_estimate, randn, report, sigma_grid, step_noise
 
 PROBES = 4
 
@@ -80,6 +80,9 @@ class DDNM:
         eigendecomposition of ``M M^T`` (``LinearPart``'s ``gram`` backend; 8-view CT on 64x64: 728),
         built once per operator and reused; 0: never. Default 1024. It does not make DDNM+'s
         per-component rule available (``plus_rule="auto"`` still takes the scalar rule there).
+    :param dense_max: largest per-sample dimension for which ``M`` is assembled and factored by a
+        dense SVD (``LinearPart``), default 1024. Larger separable or circular blurs and separable
+        downsampling keep an exact SVD through ``samplers/spectral.py`` at any size.
     :param sigma_max: start level (default: the prior's maximum).
     """
 
@@ -92,6 +95,7 @@ class DDNM:
     cg_tol: float = 1e-6
     cg_warm_start: bool = True
     gram_max: int = GRAM_MAX
+    dense_max: int = DENSE_MAX
     sigma_max: float | None = None
 
     PRESETS = {
@@ -115,7 +119,7 @@ class DDNM:
 
     def run(self, prior, problem, x_shape, generator, callback=None):
         lin = LinearPart(problem, x_shape, iters=self.cg_iters, tol=self.cg_tol, who="DDNM", gram_max=self.gram_max,
-                         warm_start=self.cg_warm_start)
+                         warm_start=self.cg_warm_start, dense_max=self.dense_max)
         sigmas = sigma_grid(self.schedule, self.steps, prior, sigma_max=self.sigma_max).tolist()
         plus = self.noise_aware and problem.sigma_y > 0
         spectral = plus and self.plus_rule == "auto" and lin.spectral_unavailable() is None

@@ -127,7 +127,7 @@ class MCGdiff:
         log_tau = torch.where(seen, tau.clamp_min(1e-30), torch.ones_like(tau)).to(torch.float64).log()
         dist = (log_tau[..., None] - levels.log()).abs()
         pin = torch.where(seen, dist.argmin(-1), torch.full_like(seen, -1, dtype=torch.long))
-        tau_hat = levels[pin.clamp_min(0)].to(yt.dtype)  # the level each coordinate is pinned at
+        tau_hat = levels[pin.clamp_min(0)].to(yt.real.dtype)  # the level each coordinate is pinned at
         yt = yt.repeat(n_part, *([1] * (yt.ndim - 1)))     # particle-major rows, like the state
 
         def potential_var(k):
@@ -147,7 +147,8 @@ class MCGdiff:
 
         def quad(a, b, var, mask):
             """Per row: sum over the masked coordinates of -(a - b)^2 / (2 var)."""
-            q = torch.where(mask, -(a - b) ** 2 / (2 * var), torch.zeros_like(a - b))
+            d2 = (a - b).abs() ** 2  # complex (circulant) coordinates: |a - b|^2, see spectral.CirculantSVD
+            q = torch.where(mask, -d2 / (2 * var), torch.zeros_like(d2))
             return q.reshape(q.shape[0], -1).sum(1).to(torch.float64)
 
         x = propose(torch.zeros(rows), sigmas[0] ** 2, 0)

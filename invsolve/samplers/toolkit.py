@@ -21,6 +21,7 @@ from operators.linalg import TVState, admm_tv_step, cg, least_squares, rowdot
 from operators.resolution import AveragePooling
 
 from ..priors.adapters import DDPMSchedule
+from .spectral import structured_svd
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
@@ -754,15 +755,40 @@ class LinearPart:
                       and torch.allclose(physics.V(spec), probe, atol=1e-4 * float(probe.abs().max()))):
                 reason = (f"{type(physics).__name__}'s V is not orthonormal (deepinv's BlurFFT keeps half of a "
                           "real FFT), so its mask is not the singular values of A")
+        elif self.backend in ("cg", "gram") and isinstance(physics, AveragePooling):
+            self._spectral = "pool"
+            self._pool_s = (physics.factor ** -len(physics.axes)) ** 0.5 / abs(self.problem.scale)
         elif self.backend in ("cg", "gram"):
-            if isinstance(physics, AveragePooling):
-                self._spectral = "pool"
-                self._pool_s = (physics.factor ** -len(physics.axes)) ** 0.5 / abs(self.problem.scale)
-            else:
-                reason = (f"{type(physics).__name__} has no exact SVD here: it is not a decomposable physics and its "
-                          f"per-sample dimension {math.prod(self.sample_shape)} exceeds the dense limit")
+            reason = (f"{type(physics).__name__} has no exact SVD here: it is not a decomposable physics and its "
+                      f"per-sample dimension {math.prod(self.sample_shape)} exceeds the dense limit")
+        if reason is not None:  # a separable or circulant M still has one
+            found, why = self._structured()
+            reason = None if found else f"{reason}; it is {why}"
+            if found:
+                self._spectral = "structured"
         self._spectral_checked, self._spectral_reason = True, reason
         return reason
+
+    def _structured(self) -> tuple[bool, str | None]:
+        """Look for a Kronecker or circulant SVD of ``M`` (``spectral.structured_svd``), kept per physics
+        object like the ``gram`` factorization and re-checked on a cache hit by one forward call."""
+        problem = self.problem
+        dtype = getattr(problem, "dtype", torch.float32)
+        probe = torch.randn((1, *self.sample_shape), generator=torch.Generator().manual_seed(0), dtype=dtype)
+        with torch.no_grad():
+            seen = problem.linear_forward(probe)
+        key = ("structured", self.sample_shape, float(problem.scale), dtype, str(seen.device))
+        try:
+            store = _GRAM_CACHE.setdefault(problem.physics, {})
+        except TypeError:
+            store = {}
+        hit = store.get(key)
+        if hit is not None and hit[0].shape == seen.shape and torch.equal(hit[0], seen):
+            self._svd, why = hit[1], hit[2]
+        else:
+            self._svd, why = structured_svd(problem.linear_forward, self.sample_shape, dtype, seen.device)
+            store[key] = (seen, self._svd, why)
+        return self._svd is not None, why
 
     def _require_spectral(self) -> str:
         reason = self.spectral_unavailable()
@@ -778,6 +804,8 @@ class LinearPart:
             return self.problem.physics.V_adjoint(x)
         if kind == "dense":
             return self._rows(x) @ self.V
+        if kind == "structured":
+            return self._svd.to_spectral(x)
         return self.problem.linear_forward(x) / self._pool_s
 
     def from_spectral(self, c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -787,6 +815,8 @@ class LinearPart:
             out = self.problem.physics.V(c)
         elif kind == "dense":
             out = (c @ self.V.T).reshape(c.shape[0], *self.sample_shape)
+        elif kind == "structured":
+            out = self._svd.from_spectral(c)
         else:
             out = self.problem.adjoint(c) / self._pool_s
         return out.to(like.dtype)
@@ -798,6 +828,8 @@ class LinearPart:
             return (self._mask(spectral) / self.problem.scale).to(spectral.dtype).expand_as(spectral[:1])
         if kind == "dense":
             return self.s.reshape(1, -1)
+        if kind == "structured":
+            return self._svd.S
         return torch.full_like(spectral[:1], self._pool_s)
 
     def y_spectral(self, batch: int, like: torch.Tensor) -> torch.Tensor:
@@ -810,6 +842,8 @@ class LinearPart:
             ur = self.problem.physics.U_adjoint(r)
         elif kind == "dense":
             ur = self._rows(r) @ self.U
+        elif kind == "structured":
+            ur = self._svd.measurement_spectral(r)
         else:
             ur = r.to(like.dtype)
         s = self.singular_values(ur)
@@ -818,8 +852,11 @@ class LinearPart:
     def null_part(self, x: torch.Tensor) -> torch.Tensor:
         """``x - V V^T x``: the part of ``x`` outside the spectral coordinates (zeros for ``svd``,
         whose ``V`` is a full basis; its unseen coordinates are those with ``s = 0``)."""
-        if self._require_spectral() == "svd":
+        kind = self._require_spectral()
+        if kind == "svd":
             return torch.zeros_like(x)
+        if kind == "structured":
+            return self._svd.null_part(x)
         return x - self.from_spectral(self.to_spectral(x), x)
 
 
