@@ -22,7 +22,8 @@ Each (task, method) result is cached under ``--out/cache/<settings>`` as soon as
 interrupted run resumes where it stopped (delete a cached file to recompute it after changing a sampler).
 A cached sampler row is used only when its preset and resolved hyperparameters are the ones this
 run would use (so rows cached before the cap rule, when ``--nfe`` also raised a smaller preset NFE, are
-recomputed). ``--reuse results.json`` treats the rows of an earlier results file made with the same
+recomputed); a row that recorded a refusal (a sampler that could not run on the task) is always
+recomputed. ``--reuse results.json`` treats the rows of an earlier results file made with the same
 settings as cache entries on the same condition, and keeps its rows of tasks and methods this run
 does not compute in the tables (marked where they ran under the old rule).
 
@@ -145,6 +146,8 @@ def valid_row(row: dict, task: str, args) -> bool:
     """A cached or reused row stands for this run: same settings where recorded and, for a sampler,
     the preset and the hyperparameters that the cap rule gives."""
     if row.get("settings", settings(args)) != settings(args):
+        return False
+    if "error" in row:  # a refusal costs nothing to reproduce, and a sampler that learned the task must show it
         return False
     if row["method"] in ("FBP", "pseudo-inverse", "TV"):
         return True

@@ -19,7 +19,7 @@ sqrt(1 - abar') (eta z + sqrt(1 - eta^2) eps)`` divided by ``sqrt(abar')``), ``f
         sigma' >= n_i:      xb'_i = yb_i + sqrt(sigma'^2 - n_i^2) z                  (Lambda_i = 1)
         sigma' <  n_i:      xb'_i = x0b_i + Lambda_i (yb_i - x0b_i) + eta sigma' z,
                             Lambda_i = sqrt(1 - eta^2) sigma' / n_i
-    DDNM+ without an exact SVD (CT, large blur) or with plus_rule="scalar" (the paper's scalar Sigma_t = lambda I, Phi_t = gamma I,
+    DDNM+ without an exact SVD (CT, reflect-padded motion blur) or with plus_rule="scalar" (the paper's scalar Sigma_t = lambda I, Phi_t = gamma I,
     with a_t = 1 in VE), n = sqrt(E||M^+ e||^2 / rank M) sigma_y the mean noise per seen coordinate:
         lambda = min(1, sigma' / n);  x0_y = x0_hat + lambda M^+ (y - forward(x0_hat))
         x'     = x0_y + sqrt(sigma'^2 - (lambda n)^2) (eta z + sqrt(1 - eta^2) eps_hat)

@@ -44,8 +44,9 @@ from .base import register
 from .toolkit import DENSE_MAX, LinearPart, randn, report, sigma_grid, step_noise
 
 SUPPORTED = ("deepinv decomposable physics with an orthonormal V (inpainting masks, Cartesian single-coil MRI), "
-             "average-pool super-resolution at any size, and any linear operator whose per-sample dimension is "
-             "at most dense_max (a dense SVD)")
+             "average-pool super-resolution, operators that act on each axis separately (separable blur, bicubic "
+             "super-resolution) and circular convolutions (circular blur, BlurFFT), all at any size, and any "
+             "linear operator whose per-sample dimension is at most dense_max (a dense SVD)")
 
 
 @register("ddrm")
@@ -63,7 +64,7 @@ class DDRM:
         linear-beta DDPM schedule), ``"ddpm"`` or ``"karras"``.
     :param dense_max: largest per-sample model dimension whose operator is assembled and factored
         densely (``d`` forward calls and an ``O(d^3)`` float64 SVD); larger operators need a
-        decomposable or average-pool physics.
+        decomposable, average-pool, separable or circular structure (``LinearPart``, ``spectral.py``).
     :param sigma_max: start level (default: the prior's maximum).
     """
 

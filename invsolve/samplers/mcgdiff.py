@@ -69,10 +69,10 @@ def _snap(sigmas: list[float], taus: list[float]) -> list[float]:
 class MCGdiff:
     """MCGdiff (Cardoso et al., ICLR 2024): particle filter for linear physics with Gaussian noise.
 
-    Needs an exact SVD of the operator (``LinearPart``'s ``svd`` or ``dense`` backend: deepinv
-    decomposable physics such as inpainting and Cartesian MRI, or any real linear physics of at
-    most ``dense_max`` unknowns per sample); other physics raises ``PhysicsError`` (use ``fps``
-    or ``tds``). NFE = ``steps * particles`` (each step evaluates every particle).
+    Needs an exact SVD of the operator (``LinearPart``'s spectral methods: deepinv decomposable
+    physics such as inpainting and Cartesian MRI, average pooling, separable or circular blur and
+    bicubic SR at any size, or any real linear physics of at most ``dense_max`` unknowns per
+    sample); other physics raises ``PhysicsError`` (use ``fps`` or ``tds``). NFE = ``steps * particles`` (each step evaluates every particle).
 
     :param steps: noise levels (InverseBench ``mcgdiff``: 200, poly-7; official: 100 DDIM steps).
     :param particles: particles per posterior sample (official and InverseBench: 64).

@@ -725,7 +725,7 @@ class LinearPart:
         ``target`` holds one row per row of ``x``."""
         return x + self.pinv(target - self.problem.forward(x), rho, key=key).to(x.dtype)
 
-    # ---- spectral coordinates (an exact SVD of M), for per-singular-component samplers (DDRM, DDNM+) ----
+    # ---- spectral coordinates (an exact SVD of M), for per-singular-component samplers (DDRM, DDNM+, MCGdiff) ----
     #
     # ``M = U diag(s) V^T`` with orthonormal columns of ``U`` and ``V``: ``to_spectral(x) = V^T x``,
     # ``from_spectral(c) = V c``, ``singular_values`` the ``s`` of every spectral coordinate (0 where
@@ -734,9 +734,12 @@ class LinearPart:
     # rest of the model space is ``null_part(x) = x - V V^T x``, on which ``M`` is zero. Available for
     # the ``svd`` backend (deepinv ``DecomposablePhysics`` whose ``V`` is orthonormal: inpainting,
     # Cartesian single-coil MRI), the ``dense`` backend, and invsolve's ``AveragePooling`` at any size
-    # (``M M^T = f^-k / scale^2 I``: ``U = I``, ``V^T = M / s``); ``spectral_unavailable()`` says why not
-    # otherwise (CT and blur beyond ``dense_max``; deepinv ``BlurFFT``, whose real-FFT ``V`` is not
-    # orthonormal in deepinv 0.5).
+    # (``M M^T = f^-k / scale^2 I``: ``U = I``, ``V^T = M / s``). Any other ``M`` that acts on each
+    # sample axis separately (separable blur with any boundary rule, bicubic downsampling) or is a
+    # circular convolution (circular blur with any kernel, deepinv ``BlurFFT``, whose own real-FFT
+    # ``V`` is not orthonormal in deepinv 0.5) gets the ``structured`` kind: Kronecker or FFT factors
+    # probed from ``M`` (``spectral.py``; FFT coordinates are complex). ``spectral_unavailable()``
+    # says why not otherwise (CT, reflect-padded motion blur beyond ``dense_max``).
 
     def spectral_unavailable(self) -> str | None:
         """``None`` when the exact spectral methods below apply, else the reason they do not."""
