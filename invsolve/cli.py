@@ -129,7 +129,8 @@ def _reconstruct(args) -> int:
         options = load_run_config(args.config)
     flags = {"input": args.input, "out": args.out, "simulate": args.simulate, "operator": args.operator,
              "sigma_y": args.sigma_y, "prior": args.prior, "prior_format": args.format, "sampler": args.sampler,
-             "preset": args.preset, "samples": args.samples, "steps": args.steps, "seed": args.seed,
+             "preset": args.preset, "samples": args.samples, "batch_size": args.batch_size, "steps": args.steps,
+             "seed": args.seed,
              "device": args.device, "threads": args.threads, "window": tuple(args.window) if args.window else None,
              "slice": args.slice}
     options.update({k: v for k, v in flags.items() if v is not None})
@@ -152,7 +153,8 @@ def _reconstruct(args) -> int:
     def progress(info):  # a bar on stderr, opened at the first step
         nonlocal bar
         if bar is None:
-            bar = tqdm(desc=f"{options.get('sampler', 'dps')}", total=info["steps"], unit="step", file=sys.stderr)
+            bar = tqdm(desc=f"{options.get('sampler', 'dps')}", total=info["steps"] * info.get("runs", 1), unit="step",
+                       file=sys.stderr)
         bar.update(1)
 
     def log(message):  # the prior-fit verdict; with --quiet only a warning
@@ -369,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sampler", default=None, help="sampler (invsolve list samplers; default: dps)")
     r.add_argument("--preset", default=None, help="the sampler's preset (e.g. ct-sparse8)")
     r.add_argument("--samples", type=bounded(int, 1), default=None, help="posterior draws (default: 4)")
+    r.add_argument("--batch-size", type=bounded(int, 1), default=None,
+                   help="run at most this many draws at a time (same results; default: all at once)")
     r.add_argument("--steps", type=bounded(int, 1), default=None, help="sampler steps (default: the sampler's or preset's)")
     r.add_argument("--seed", type=int, default=None, help="seed of the noise and the draws (default: 0)")
     r.add_argument("--device", default=None, help="cpu or cuda (default: cpu)")

@@ -92,6 +92,7 @@ class ReconstructConfig:
     preset: str | None = None
     sampler_params: dict = dataclasses.field(default_factory=dict)
     samples: int = 4
+    batch_size: int | None = None
     steps: int | None = None
     seed: int = 0
     device: str = "cpu"
@@ -128,13 +129,12 @@ class ReconstructConfig:
             raise ConfigError("--sigma-y is required with --operator: the noise std of the measurement, in its units")
         if self.sigma_y is not None and not (np.isfinite(self.sigma_y) and self.sigma_y >= 0):
             raise ConfigError(f"--sigma-y must be a finite number >= 0, got {self.sigma_y}")
-        for name in ("samples",):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.steps is not None and int(self.steps) < 1:
-            raise ConfigError(f"--steps must be >= 1, got {self.steps}")
-        if self.threads is not None and int(self.threads) < 1:
-            raise ConfigError(f"--threads must be >= 1, got {self.threads}")
+        for name in ("samples", "steps", "batch_size", "threads"):  # from flags or a run file
+            value = getattr(self, name)
+            if value is None and name != "samples":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
         if self.sampler not in sampler_names():
             raise ConfigError(f"unknown --sampler {self.sampler!r}; available: {closest_first(self.sampler, sampler_names())}")
         if self.window is not None:
@@ -436,7 +436,7 @@ def _run(config: ReconstructConfig, progress, log):
         overrides["steps"] = int(config.steps)
     generators = [torch.Generator(device=config.device).manual_seed(config.seed * 1000 + j) for j in range(config.samples)]
     post = sample(config.sampler, prior, problem, n_samples=config.samples, generator=generators,
-                  preset=config.preset, callback=progress, **overrides)
+                  preset=config.preset, callback=progress, batch_size=config.batch_size, **overrides)
     record.update(nfe=post.nfe, sampler_seconds=round(post.seconds, 3), sampler_config=post.config)
     if fastmri:
         return post, record, _fastmri_outputs(post, parts, volume, config, record, start)

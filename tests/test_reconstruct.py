@@ -113,6 +113,13 @@ def test_python_parity(phantom, single_thread):
     assert post.samples.shape == (2, 1, 1, 64, 64) and record["nfe"] == 3 and "outputs" not in record
 
 
+def test_batch_size_gives_the_same_draws(phantom, single_thread):
+    whole, _ = iv.reconstruct(phantom, simulate="ct-sparse8", sigma_y=0.1, steps=3, samples=3)
+    chunked, record = iv.reconstruct(phantom, simulate="ct-sparse8", sigma_y=0.1, steps=3, samples=3, batch_size=2)
+    torch.testing.assert_close(chunked.samples, whole.samples, rtol=0, atol=1e-6)
+    assert record["config"]["batch_size"] == 2 and record["nfe"] == 3
+
+
 BAD = {
     "missing input": (["reconstruct", "{tmp}/nothere.png", "--simulate", "ct"], "does not exist"),
     "corrupt nifti": (["reconstruct", "{tmp}/bad.nii", "--simulate", "ct"], "bad.nii"),
@@ -123,6 +130,9 @@ BAD = {
     "both modes": (["reconstruct", "{phantom}", "--operator", "ct", "--simulate", "ct"], "not allowed"),
     "nan input": (["reconstruct", "{tmp}/nan.npy", "--simulate", "ct"], "NaN"),
     "negative steps": (["reconstruct", "{phantom}", "--simulate", "ct", "--steps", "-1"], "--steps"),
+    "zero batch size": (["reconstruct", "{phantom}", "--simulate", "ct", "--batch-size", "0"], "--batch-size"),
+    "text batch size in a run file": (["reconstruct", "--config", "{tmp}/batch.json"],
+                                      "--batch-size must be an integer >= 1, got 'four'"),
     "unknown config field": (["reconstruct", "--config", "{tmp}/run.json"], "unknown field 'sampeler'; fields: sampler"),
     "out is a file": (["reconstruct", "{phantom}", "--simulate", "ct", "--out", "{tmp}/file.txt", "--force"], "is a file"),
     "force over user folder": (["reconstruct", "{phantom}", "--simulate", "ct", "--out", "{tmp}/mine", "--force"],
@@ -136,6 +146,7 @@ def test_bad_inputs_are_one_line_exit_2_and_lose_nothing(case, tmp_path, phantom
     np.save(tmp_path / "big.npy", np.random.default_rng(0).random((80, 80)))
     np.save(tmp_path / "nan.npy", np.full((64, 64), np.nan))
     (tmp_path / "run.json").write_text(json.dumps({"input": str(phantom), "simulate": "ct", "sampeler": "dps"}))
+    (tmp_path / "batch.json").write_text(json.dumps({"input": str(phantom), "simulate": "ct", "batch_size": "four"}))
     (tmp_path / "file.txt").write_text("keep me")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "precious.txt").write_text("keep me")

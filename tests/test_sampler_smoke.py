@@ -265,3 +265,28 @@ def test_every_sampler_has_small_settings_or_for_nfe():
     for name in SAMPLERS:
         fields = {f.name for f in dataclasses.fields(iv.samplers.get(name))}
         assert set(_overrides(name)) <= fields, (name, _overrides(name), fields)
+
+
+@pytest.mark.parametrize("sampler", ["dps", "ddrm", "fps"])
+def test_batch_size_runs_the_draws_in_chunks_with_the_same_samples(sampler):
+    """``iv.sample(batch_size=k)`` runs at most k draws at a time: with one generator per draw the
+    samples, NFE and extras equal one batch; with one generator they are reproducible; the callback
+    says which draws each run holds."""
+    physics, prior, counter, problem = _setup(sampler, "inpainting", 2)
+    kw = _overrides(sampler)
+
+    def gens():
+        return [torch.Generator().manual_seed(10 + j) for j in range(5)]
+
+    whole = iv.sample(sampler, prior, problem, n_samples=5, generator=gens(), **kw)
+    seen = []
+    chunked = iv.sample(sampler, prior, problem, n_samples=5, generator=gens(), batch_size=2,
+                        callback=lambda info: seen.append(info["draws"]), **kw)
+    torch.testing.assert_close(chunked.samples, whole.samples, rtol=0, atol=1e-6)
+    assert chunked.nfe == whole.nfe and sorted(set(seen)) == [(0, 2), (2, 4), (4, 5)]
+    one = [iv.sample(sampler, prior, problem, n_samples=3, generator=torch.Generator().manual_seed(4), batch_size=2,
+                     **kw).samples for _ in range(2)]
+    assert torch.equal(one[0], one[1])
+    for bad in (0, 1.5, True):
+        with pytest.raises(ConfigError, match="batch_size"):
+            iv.sample(sampler, prior, problem, n_samples=2, batch_size=bad, **kw)

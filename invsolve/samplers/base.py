@@ -226,29 +226,58 @@ def require_prior_kind(name: str, sampler, prior) -> None:
 
 
 def sample(name: str, prior, problem, n_samples: int = 1, generator: Generator = None,
-           preset: str | None = None, callback: Callable[[dict], None] | None = None, **overrides) -> Posterior:
+           preset: str | None = None, callback: Callable[[dict], None] | None = None,
+           batch_size: int | None = None, **overrides) -> Posterior:
     """Draw ``n_samples`` posterior samples for every measurement of ``problem``.
 
     ``generator`` is one ``torch.Generator`` for the whole batch, or a list of
     ``n_samples`` generators, one per draw (then draws do not depend on each other's
     randomness). ``callback`` receives ``{"step", "steps", "sigma", "x", "denoised"}``.
+
+    ``batch_size``: run the sampler on at most this many draws at a time (each for every
+    measurement), one run after the other; default all at once. Large batches can be slower per
+    draw than small ones on CPU (docs/samplers.md, throughput) and need memory in proportion. With
+    one generator per draw the samples are those of one batch, up to the rounding of the network's
+    batched kernels (oneDNN rounds differently per batch size; bit-identical for a fixed
+    ``batch_size``); with a single generator the runs draw from it in turn (same seed and
+    ``batch_size``: same samples). With more than one run
+    the callback's dicts also carry ``"draws": (first, end)``, the draws of that run, and ``"runs"``.
     """
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ConfigError(f"n_samples must be an integer >= 1, got {n_samples}")
     if not isinstance(generator, (torch.Generator, type(None))) and len(generator) != n_samples:
         raise ConfigError(f"got {len(generator)} generators for n_samples={n_samples}; pass one per draw or a single one")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ConfigError(f"batch_size must be an integer >= 1 (draws per run) or None, got {batch_size!r}")
     sampler = configure(name, preset, **overrides)
     require_prior_kind(name, sampler, prior)
     view = prior.model_problem(problem)
     require_physics_access(name, sampler, view)
-    x_shape = StateShape((n_samples * view.batch, *view.x_shape), dtype=view.dtype)
-    counted = CountingPrior(prior, rows=x_shape[0])
-    start = time.perf_counter()
-    x = sampler.run(counted, view, x_shape, generator, callback)
-    x, extras = x if isinstance(x, tuple) else (x, {})  # run may return (x, {name: (N, ...) tensor})
-    seconds = time.perf_counter() - start
+    size = n_samples if batch_size is None else min(batch_size, n_samples)
+    runs = [(first, min(first + size, n_samples)) for first in range(0, n_samples, size)]
+    xs, extras_list, evaluated, seconds = [], [], 0, 0.0
+    for first, end in runs:
+        gen = generator if isinstance(generator, (torch.Generator, type(None))) else list(generator[first:end])
+        x_shape = StateShape(((end - first) * view.batch, *view.x_shape), dtype=view.dtype)
+        counted = CountingPrior(prior, rows=x_shape[0])
+        report_to = callback
+        if callback is not None and len(runs) > 1:
+            def report_to(info, draws=(first, end)):
+                callback({**info, "draws": draws, "runs": len(runs)})
+        start = time.perf_counter()
+        x = sampler.run(counted, view, x_shape, gen, report_to)
+        seconds += time.perf_counter() - start
+        x, extras = x if isinstance(x, tuple) else (x, {})  # run may return (x, {name: (N, ...) tensor})
+        xs.append(x.detach())
+        extras_list.append(extras)
+        evaluated += counted.evaluated
+    x = xs[0] if len(xs) == 1 else torch.cat(xs)
+    extras = {key: torch.cat([e[key] for e in extras_list]) if len(xs) > 1 else extras_list[0][key]
+              for key in extras_list[0]}
+    total = CountingPrior(prior, rows=n_samples * view.batch)  # NFE per posterior sample over all runs
+    total.evaluated = evaluated
     with torch.no_grad():
-        samples = view.to_physical(x.detach())
+        samples = view.to_physical(x)
     samples = samples.reshape(n_samples, view.batch, *samples.shape[1:])
     extras = {key: value.reshape(n_samples, view.batch, *value.shape[1:]) for key, value in extras.items()}
-    return Posterior(samples, counted.calls, seconds, method=name, config=dataclasses.asdict(sampler), extras=extras)
+    return Posterior(samples, total.calls, seconds, method=name, config=dataclasses.asdict(sampler), extras=extras)
