@@ -166,6 +166,12 @@ def nfe_overrides(name: str, nfe: int, particles: int | None = None) -> dict:
 MIN_PARTICLE_STEPS = 20
 
 
+def per_row(evaluated: int, rows: int) -> int | float:
+    """Evaluated rows per state row: an int when it divides evenly."""
+    q, r = divmod(evaluated, rows)
+    return q if r == 0 else evaluated / rows
+
+
 class CountingPrior:
     """``prior`` with a count of its denoiser evaluations: the one place NFE is counted.
 
@@ -184,8 +190,7 @@ class CountingPrior:
 
     @property
     def calls(self) -> int | float:
-        q, r = divmod(self.evaluated, self.rows)
-        return q if r == 0 else self.evaluated / self.rows
+        return per_row(self.evaluated, self.rows)
 
     def __call__(self, x: torch.Tensor, sigma, **kwargs) -> torch.Tensor:
         self.evaluated += x.shape[0]
@@ -240,8 +245,8 @@ def sample(name: str, prior, problem, n_samples: int = 1, generator: Generator =
     one generator per draw the samples are those of one batch, up to the rounding of the network's
     batched kernels (oneDNN rounds differently per batch size; bit-identical for a fixed
     ``batch_size``); with a single generator the runs draw from it in turn (same seed and
-    ``batch_size``: same samples). With more than one run
-    the callback's dicts also carry ``"draws": (first, end)``, the draws of that run, and ``"runs"``.
+    ``batch_size``: same samples). With more than one run the callback's dicts also carry
+    ``"draws": (first, end)``, the draws of that run, and ``"runs"``, their number.
     """
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ConfigError(f"n_samples must be an integer >= 1, got {n_samples}")
@@ -271,13 +276,10 @@ def sample(name: str, prior, problem, n_samples: int = 1, generator: Generator =
         xs.append(x.detach())
         extras_list.append(extras)
         evaluated += counted.evaluated
-    x = xs[0] if len(xs) == 1 else torch.cat(xs)
-    extras = {key: torch.cat([e[key] for e in extras_list]) if len(xs) > 1 else extras_list[0][key]
-              for key in extras_list[0]}
-    total = CountingPrior(prior, rows=n_samples * view.batch)  # NFE per posterior sample over all runs
-    total.evaluated = evaluated
+    x = torch.cat(xs)
+    extras = {key: torch.cat([e[key] for e in extras_list]) for key in extras_list[0]}
     with torch.no_grad():
         samples = view.to_physical(x)
     samples = samples.reshape(n_samples, view.batch, *samples.shape[1:])
     extras = {key: value.reshape(n_samples, view.batch, *value.shape[1:]) for key, value in extras.items()}
-    return Posterior(samples, total.calls, seconds, method=name, config=dataclasses.asdict(sampler), extras=extras)
+    return Posterior(samples, per_row(evaluated, n_samples * view.batch), seconds, method=name, config=dataclasses.asdict(sampler), extras=extras)

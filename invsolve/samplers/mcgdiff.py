@@ -72,7 +72,8 @@ class MCGdiff:
     Needs an exact SVD of the operator (``LinearPart``'s spectral methods: deepinv decomposable
     physics such as inpainting and Cartesian MRI, average pooling, separable or circular blur and
     bicubic SR at any size, or any real linear physics of at most ``dense_max`` unknowns per
-    sample); other physics raises ``PhysicsError`` (use ``fps`` or ``tds``). NFE = ``steps * particles`` (each step evaluates every particle).
+    sample); other physics raises ``PhysicsError`` (use ``fps`` or ``tds``). NFE = ``steps * particles``
+    (each step evaluates every particle).
 
     :param steps: noise levels (InverseBench ``mcgdiff``: 200, poly-7; official: 100 DDIM steps).
     :param particles: particles per posterior sample (official and InverseBench: 64).

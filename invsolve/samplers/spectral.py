@@ -133,10 +133,8 @@ class KroneckerSVD:
                 out = out.movedim(a + 1, 1).reshape(out.shape[0], y.shape[a], -1)  # (chunk, m_a, rest)
                 columns.append(out @ rows[a].cpu() / (rows[a].cpu() @ rows[a].cpu()))
             factors.append(torch.cat(columns).T)  # (m_a, n_a), up to scale
-        svd = cls(factors, dtype)
-        ref = svd.forward(_rank_one(vecs)[None])[0]  # fix the product of the per-axis scales
-        scale = float((y.cpu() * ref).sum() / (ref * ref).sum().clamp_min(1e-300))
-        factors[0] = factors[0] * scale
+        ref = _mode_products(_rank_one(vecs)[None], [f.T for f in factors])[0]  # fix the product of the scales
+        factors[0] = factors[0] * float((y.cpu() * ref).sum() / (ref * ref).sum().clamp_min(1e-300))
         svd = cls(factors, dtype)
         err = _mismatch(forward, lambda x: svd.forward(x.cpu()).to(x.device), sample_shape, dtype, device)
         if not err <= RTOL:

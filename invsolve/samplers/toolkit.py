@@ -555,38 +555,47 @@ class LinearPart:
         if self.backend == "cg" and gram_max > 0:
             self._gram(gram_max)
 
-    def _gram(self, gram_max: int) -> None:
-        """Switch to the ``gram`` backend when ``M`` is real with at most ``gram_max`` measurements per sample."""
+    def _cached(self, kind: str, build):
+        """``build(seen)`` once per physics object, sample shape, scale, dtype and device (``seen``: ``M``
+        on a fixed probe), kept weakly with the physics and reused while ``M`` gives the same ``seen``."""
         problem = self.problem
         dtype = getattr(problem, "dtype", torch.float32)
         with torch.no_grad():
             probe = torch.randn((1, *self.sample_shape), generator=torch.Generator().manual_seed(0), dtype=dtype)
             seen = problem.linear_forward(probe)
-        if seen.is_complex() or seen[0].numel() > gram_max:
-            return
-        key = (self.sample_shape, float(problem.scale), dtype, str(seen.device))
+        key = (kind, self.sample_shape, float(problem.scale), dtype, str(seen.device))
         try:
             store = _GRAM_CACHE.setdefault(problem.physics, {})
         except TypeError:  # physics that cannot be weakly referenced: no reuse across runs
             store = {}
         hit = store.get(key)
         if hit is not None and hit[0].shape == seen.shape and torch.equal(hit[0], seen):
-            _, self.Q, self.lam = hit
-        else:
+            return hit[1]
+        value = build(seen)
+        store[key] = (seen, value)
+        return value
+
+    def _gram(self, gram_max: int) -> None:
+        """Switch to the ``gram`` backend when ``M`` is real with at most ``gram_max`` measurements per sample."""
+        def build(seen):
+            if seen.is_complex() or seen[0].numel() > gram_max:
+                return None
             m = seen[0].numel()
             basis = torch.eye(m, dtype=seen.dtype, device=seen.device).reshape(m, *seen.shape[1:])
             with torch.no_grad():
-                rows = problem.adjoint(basis)  # row j of M is M^T e_j
+                rows = self.problem.adjoint(basis)  # row j of M is M^T e_j
             if rows.is_complex():
-                return
+                return None
             rows = rows.reshape(m, -1).to(torch.float64)
             lam, Q = torch.linalg.eigh(rows @ rows.T)
             # numerically zero eigenvalues (rays missing the image, ...): the dense backend's cut-off, squared
             cut = float(lam.max()) * m * torch.finfo(seen.dtype).eps if lam.numel() else 0.0
-            lam = torch.where(lam > cut, lam, torch.zeros_like(lam))
-            self.Q, self.lam = Q, lam
-            store[key] = (seen, Q, lam)
-        self.backend = "gram"
+            return Q, torch.where(lam > cut, lam, torch.zeros_like(lam))
+
+        found = self._cached(f"gram{gram_max}", build)
+        if found is not None:
+            self.Q, self.lam = found
+            self.backend = "gram"
 
     def _gram_apply(self, r: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
         """``Q diag(gain) Q^T r`` per row of the measurement-space ``r``, in ``r``'s dtype and shape."""
@@ -774,23 +783,9 @@ class LinearPart:
 
     def _structured(self) -> tuple[bool, str | None]:
         """Look for a Kronecker or circulant SVD of ``M`` (``spectral.structured_svd``), kept per physics
-        object like the ``gram`` factorization and re-checked on a cache hit by one forward call."""
-        problem = self.problem
-        dtype = getattr(problem, "dtype", torch.float32)
-        probe = torch.randn((1, *self.sample_shape), generator=torch.Generator().manual_seed(0), dtype=dtype)
-        with torch.no_grad():
-            seen = problem.linear_forward(probe)
-        key = ("structured", self.sample_shape, float(problem.scale), dtype, str(seen.device))
-        try:
-            store = _GRAM_CACHE.setdefault(problem.physics, {})
-        except TypeError:
-            store = {}
-        hit = store.get(key)
-        if hit is not None and hit[0].shape == seen.shape and torch.equal(hit[0], seen):
-            self._svd, why = hit[1], hit[2]
-        else:
-            self._svd, why = structured_svd(problem.linear_forward, self.sample_shape, dtype, seen.device)
-            store[key] = (seen, self._svd, why)
+        object like the ``gram`` factorization (``_cached``)."""
+        self._svd, why = self._cached("structured", lambda seen: structured_svd(
+            self.problem.linear_forward, self.sample_shape, getattr(self.problem, "dtype", torch.float32), seen.device))
         return self._svd is not None, why
 
     def _require_spectral(self) -> str:
